@@ -1,0 +1,99 @@
+"""Runs: the full specification of one training run, and the table of every run's results.
+
+A run is identified by its kind (pretrain, finetune, scratch), source, size and data; its spec is
+written next to its weights so every number in ``runs.csv`` can be traced to the settings that made it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from .config import step_budget
+from .io import atomic_open, read_json
+from .tokens import load_token_array
+
+RUN_COLUMNS = [
+    "run", "kind", "source", "size", "n_params", "n_layer", "d_model", "data_chars", "seed",
+    "test_loss", "test_loss_per_token", "best_val_loss", "steps", "best_step", "tokens_seen",
+    "compute", "wall_seconds", "stop_reason", "status",
+]
+
+
+def trainer_spec(run: dict, train: Path, validation: Path, tokenizer: Path, init_from: Path | None,
+                 threads: int, source: str | None, size: str) -> dict:
+    """Join a run's settings (from the config) with its files into what the trainer takes."""
+    _, train_meta = load_token_array(train, verify_hash=False)
+    vocab_size = int(read_json(tokenizer)["vocab_size"])
+    options = dict(run["options"])
+    max_steps = step_budget(options, train_meta["tokens"], run["model"]["n_ctx"])
+    options.pop("max_epochs")
+    options.update(max_steps=max_steps, threads=threads)
+    return {
+        "kind": run["kind"],
+        "source": source,
+        "size": size,
+        "seed": run["seed"],
+        "model": {**run["model"], "vocab_size": vocab_size},
+        "train_tokens": str(train),
+        "val_tokens": str(validation),
+        "init_from": str(init_from) if init_from else None,
+        "data_chars": int(train_meta["chars"]),
+        "data_tokens": int(train_meta["tokens"]),
+        **options,
+    }
+
+
+def run_row(run: str, spec: dict, summary: dict, model: dict, evaluation: dict) -> dict:
+    """One row of the runs table. Data is in characters (the paper's unit); compute is 6 * N * tokens."""
+    n_params = int(model["n_params"])
+    tokens_seen = int(summary["tokens_seen"])
+    if spec["kind"] == "pretrain":
+        # Pretraining sees its data several times or in part: count the characters it read.
+        data_chars = round(tokens_seen * spec["data_chars"] / spec["data_tokens"])
+    else:
+        data_chars = int(spec["data_chars"])
+    return {
+        "run": run,
+        "kind": spec["kind"],
+        "source": spec["source"] or "",
+        "size": spec["size"],
+        "n_params": n_params,
+        "n_layer": spec["model"]["n_layer"],
+        "d_model": spec["model"]["d_model"],
+        "data_chars": data_chars,
+        "seed": spec["seed"],
+        "test_loss": evaluation["test_loss_per_char"],
+        "test_loss_per_token": evaluation["test_loss_per_token"],
+        "best_val_loss": summary["best_val_loss"],
+        "steps": summary["steps"],
+        "best_step": summary["best_step"],
+        "tokens_seen": tokens_seen,
+        "compute": 6.0 * n_params * tokens_seen,
+        "wall_seconds": summary["wall_seconds"],
+        "stop_reason": summary["stop_reason"],
+        "status": "ok",
+    }
+
+
+def collect_runs(run_dirs: Iterable[str | os.PathLike], results_root: str | os.PathLike) -> pd.DataFrame:
+    """Read every run directory's spec, summary, model and evaluation into one table."""
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        name = Path(os.path.relpath(run_dir, Path(results_root) / "runs")).as_posix()
+        rows.append(run_row(
+            name,
+            read_json(run_dir / "spec.json"),
+            read_json(run_dir / "summary.json"),
+            read_json(run_dir / "model.json"),
+            read_json(run_dir / "eval.json"),
+        ))
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def write_runs_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        table.to_csv(handle, index=False, float_format="%.6g")

@@ -1,0 +1,624 @@
+"""One trainer for the three kinds of run of Hernandez et al. (2021): pretrain, finetune and scratch.
+
+Training goes through ``deepspeed.initialize`` so the same code runs one CPU process (gloo) or many GPUs
+(NCCL, ZeRO, bf16). Batches are derived from (seed, step) alone, so a run resumed from a checkpoint,
+or split over several ranks, draws exactly the batches of an uninterrupted single-process run.
+Every run is early-stopped on a fixed set of validation windows, as in the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .io import atomic_open, atomic_path, read_json, write_json
+from .model import GPT, GPTConfig, load_weights, n_params, save_weights
+from .tokens import load_token_array
+
+logger = logging.getLogger("transfer_scaling.training")
+
+KINDS = ("pretrain", "finetune", "scratch")
+PRECISIONS = ("fp32", "bf16")
+ZERO_STAGES = (0, 1, 2, 3)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+INTERRUPTED_EXIT_CODE = 75
+"""Exit code after a checkpoint on SIGTERM/SIGUSR1 (EX_TEMPFAIL: run the same command again to resume)."""
+
+
+class SpecError(ValueError):
+    """A training spec is missing a key or has a value out of range."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(Exception):
+    """A stop was requested; a complete checkpoint was written and the run can be resumed."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"training interrupted after step {step}; checkpoint written, rerun to resume")
+        self.step = step
+
+
+# ------------------------------------------------------------------------------------------- spec
+Check = Callable[[str, Any], Any]
+
+
+def _integer(minimum: int, choices: tuple[int, ...] | None = None) -> Check:
+    def check(key: str, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise SpecError(f"spec key {key!r} must be an integer >= {minimum}, got {value!r}")
+        if choices is not None and value not in choices:
+            raise SpecError(f"spec key {key!r} must be one of {choices}, got {value!r}")
+        return value
+    return check
+
+
+def _number(low: float, high: float = math.inf, low_open: bool = False) -> Check:
+    def check(key: str, value: Any) -> float:
+        valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not valid or value > high or value < low or (low_open and value == low):
+            interval = f"{'(' if low_open else '['}{low}, {high}]"
+            raise SpecError(f"spec key {key!r} must be a finite number in {interval}, got {value!r}")
+        return float(value)
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Check:
+    def check(key: str, value: Any) -> str:
+        if value not in options:
+            raise SpecError(f"spec key {key!r} must be one of {options}, got {value!r}")
+        return value
+    return check
+
+
+def _path(optional: bool = False) -> Check:
+    def check(key: str, value: Any) -> Path | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            raise SpecError(f"spec key {key!r} must be a file path{' or null' if optional else ''}, got {value!r}")
+        return Path(value)
+    return check
+
+
+def _betas(key: str, value: Any) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise SpecError(f"spec key {key!r} must be a list [beta1, beta2], got {value!r}")
+    beta = _number(0.0, 1.0)
+    b1, b2 = (beta(key, b) for b in value)
+    if b1 >= 1 or b2 >= 1:
+        raise SpecError(f"spec key {key!r}: Adam betas must be below 1, got {value!r}")
+    return b1, b2
+
+
+def _model(key: str, value: Any) -> GPTConfig:
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    if not isinstance(value, dict) or set(value) != fields:
+        raise SpecError(f"spec key {key!r} must be a mapping with exactly the keys {sorted(fields)}, got {value!r}")
+    try:
+        return GPTConfig(**value)
+    except ValueError as exc:
+        raise SpecError(f"spec key {key!r}: {exc}") from exc
+
+
+def _optional_steps(key: str, value: Any) -> int | None:
+    return None if value is None else _integer(1)(key, value)
+
+
+SPEC_CHECKS: dict[str, Check] = {
+    "kind": _choice(KINDS),
+    "model": _model,
+    "train_tokens": _path(),
+    "val_tokens": _path(),
+    "init_from": _path(optional=True),
+    "seed": _integer(0),
+    "batch_size": _integer(1),
+    "threads": _integer(1),
+    "lr": _number(0.0, low_open=True),
+    "min_lr_ratio": _number(0.0, 1.0),
+    "warmup_steps": _integer(0),
+    "weight_decay": _number(0.0),
+    "grad_clip": _number(0.0),
+    "betas": _betas,
+    "max_steps": _integer(1),
+    "min_steps": _integer(0),
+    "eval_interval": _integer(1),
+    "eval_tokens": _integer(1),
+    "patience": _integer(1),
+    "checkpoint_interval": _integer(1),
+    "log_interval": _integer(1),
+    "precision": _choice(PRECISIONS),
+    "zero_stage": _integer(0, ZERO_STAGES),
+    "stop_after_steps": _optional_steps,
+}
+OPTIONAL_KEYS = {"stop_after_steps": None}
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A validated training spec; ``stop_after_steps`` simulates an interruption (tests only)."""
+
+    kind: str
+    model: GPTConfig
+    train_tokens: Path
+    val_tokens: Path
+    init_from: Path | None
+    seed: int
+    batch_size: int
+    threads: int
+    lr: float
+    min_lr_ratio: float
+    warmup_steps: int
+    weight_decay: float
+    grad_clip: float
+    betas: tuple[float, float]
+    max_steps: int
+    min_steps: int
+    eval_interval: int
+    eval_tokens: int
+    patience: int
+    checkpoint_interval: int
+    log_interval: int
+    precision: str
+    zero_stage: int
+    stop_after_steps: int | None = None
+
+
+def parse_spec(spec: dict) -> TrainSpec:
+    """Validate a spec mapping (every key, then the cross-key rules) into a ``TrainSpec``."""
+    if not isinstance(spec, dict):
+        raise SpecError(f"training spec must be a mapping, got {type(spec).__name__}")
+    missing = sorted(set(SPEC_CHECKS) - set(spec) - set(OPTIONAL_KEYS))
+    unknown = sorted(set(spec) - set(SPEC_CHECKS))
+    if missing or unknown:
+        raise SpecError(f"training spec: missing keys {missing}, unknown keys {unknown}")
+    values = {key: check(key, spec.get(key, OPTIONAL_KEYS.get(key))) for key, check in SPEC_CHECKS.items()}
+    run = TrainSpec(**values)
+    if run.min_steps > run.max_steps:
+        raise SpecError(f"spec key 'min_steps' ({run.min_steps}) exceeds 'max_steps' ({run.max_steps})")
+    if (run.kind == "finetune") != (run.init_from is not None):
+        raise SpecError(f"spec key 'init_from' must be a weights path for kind 'finetune' and null otherwise; "
+                        f"got kind {run.kind!r} with init_from={spec['init_from']!r}")
+    return run
+
+
+# ------------------------------------------------------------------------------------------- schedule and data
+def learning_rate(run: TrainSpec, step: int) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at ``max_steps``."""
+    if step < run.warmup_steps:
+        return run.lr * (step + 1) / run.warmup_steps
+    progress = min(1.0, (step - run.warmup_steps) / max(1, run.max_steps - run.warmup_steps))
+    return run.lr * (run.min_lr_ratio + (1 - run.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch_starts(seed: int, step: int, n_tokens: int, n_ctx: int, batch_size: int) -> np.ndarray:
+    """Start offsets of the global batch of ``step``: a function of (seed, step) only."""
+    return np.random.default_rng([seed, step]).integers(0, n_tokens - n_ctx, size=batch_size)
+
+
+def validation_starts(n_tokens: int, n_ctx: int, eval_tokens: int) -> np.ndarray:
+    """Evenly spread, fixed windows covering about ``eval_tokens`` targets, non-overlapping when they fit."""
+    n_windows = max(1, min(math.ceil(eval_tokens / n_ctx), (n_tokens - 1) // n_ctx))
+    return np.linspace(0, n_tokens - n_ctx - 1, n_windows).round().astype(np.int64)
+
+
+def windows(tokens: np.ndarray, starts: np.ndarray, n_ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets of the windows of ``n_ctx + 1`` tokens beginning at ``starts``."""
+    chunk = torch.from_numpy(tokens[starts[:, None] + np.arange(n_ctx + 1)].astype(np.int64))
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+def load_tokens(path: Path, config: GPTConfig, role: str) -> np.ndarray:
+    tokens, _ = load_token_array(path)
+    if len(tokens) < config.n_ctx + 1:
+        raise SpecError(f"{role} {path}: {len(tokens)} tokens, fewer than n_ctx + 1 = {config.n_ctx + 1}")
+    top = int(tokens.max())
+    if top >= config.vocab_size:
+        raise SpecError(f"{role} {path}: token id {top} is outside the model vocabulary (vocab_size={config.vocab_size})")
+    return tokens
+
+
+# ------------------------------------------------------------------------------------------- engine
+def import_deepspeed() -> ModuleType:
+    """Import DeepSpeed for this process: CPU accelerator without a GPU, and no JIT-compiled shm op."""
+    cpu = not torch.cuda.is_available()
+    if cpu:
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    import deepspeed
+
+    if cpu:
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return deepspeed
+
+
+def single_process_env() -> None:
+    """Let ``deepspeed.initialize`` run without a launcher (torchrun and deepspeed set these)."""
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+
+
+def make_optimizer(model: torch.nn.Module, run: TrainSpec) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases and LayerNorm gains)."""
+    params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": run.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=run.lr, betas=run.betas)
+
+
+def deepspeed_config(run: TrainSpec, world_size: int) -> dict:
+    return {
+        "train_batch_size": run.batch_size,
+        "train_micro_batch_size_per_gpu": run.batch_size // world_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": run.grad_clip,
+        "zero_optimization": {"stage": run.zero_stage},
+        "bf16": {"enabled": run.precision == "bf16"},
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    """Same spec and seed -> same losses bit for bit (on CPU; GPU kernels are as deterministic as torch allows)."""
+    torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def restore_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+
+
+@contextmanager
+def stop_requests() -> Iterator[list[bool]]:
+    """Turn SIGTERM/SIGUSR1 into a flag checked at the next step boundary (SLURM sends them before a kill)."""
+    flag = [False]
+
+    def request(signum: int, _frame: Any) -> None:
+        logger.warning("received %s: checkpointing at the next step boundary", signal.Signals(signum).name)
+        flag[0] = True
+
+    previous = {sig: signal.signal(sig, request) for sig in STOP_SIGNALS}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def keep_metrics_through(path: Path, step: int) -> None:
+    """Drop metric lines past ``step`` (written after the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(line for line in lines if line.strip() and json.loads(line)["step"] <= step)
+
+
+# ------------------------------------------------------------------------------------------- trainer
+@dataclass
+class Progress:
+    """Everything, besides weights and optimizer state, that a resumed run needs to continue exactly."""
+
+    step: int = 0
+    best_val_loss: float = math.inf
+    best_step: int = -1
+    evals_since_best: int = 0
+    wall_seconds: float = 0.0
+
+
+class Trainer:
+    def __init__(self, run: TrainSpec, out_dir: Path) -> None:
+        self.run = run
+        self.out_dir = out_dir
+        self.checkpoint_dir = out_dir / "checkpoint"
+        self.best_path = out_dir / "best.safetensors"
+        self.metrics_path = out_dir / "metrics.jsonl"
+        self.deepspeed = import_deepspeed()
+        single_process_env()
+        self.world_size = int(os.environ["WORLD_SIZE"])
+        self.rank = int(os.environ["RANK"])
+        if run.batch_size % self.world_size:
+            raise SpecError(f"spec key 'batch_size' ({run.batch_size}) is not divisible by the world size "
+                            f"({self.world_size})")
+        self.micro_batch = run.batch_size // self.world_size
+        seed_everything(run.seed, run.threads)
+        self.train_tokens = load_tokens(run.train_tokens, run.model, "train_tokens")
+        self.val_tokens = load_tokens(run.val_tokens, run.model, "val_tokens")
+        self.val_starts = validation_starts(len(self.val_tokens), run.model.n_ctx, run.eval_tokens)
+        model = GPT(run.model)
+        if run.init_from is not None:
+            load_weights(model, run.init_from)
+        self.n_params = n_params(model)
+        self.optimizer = make_optimizer(model, run)
+        self.engine, *_ = self.deepspeed.initialize(
+            model=model, optimizer=self.optimizer, config=deepspeed_config(run, self.world_size))
+        if run.zero_stage == 3:
+            self.deepspeed.zero.register_external_parameter(self.engine.module, self.engine.module.tok_emb.weight)
+        self.is_main = self.engine.global_rank == 0
+        self.metrics: Any = None
+        self.progress = Progress()
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.interval_losses: list[float] = []
+        self.last_finite_loss: float | None = None
+
+    @property
+    def tokens_seen(self) -> int:
+        return self.progress.step * self.run.batch_size * self.run.model.n_ctx
+
+    # ---------------------------------------------------------------- steps
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def train_step(self) -> None:
+        run, step = self.run, self.progress.step
+        self.set_lr(learning_rate(run, step))
+        starts = batch_starts(run.seed, step, len(self.train_tokens), run.model.n_ctx, run.batch_size)
+        mine = starts[self.rank * self.micro_batch:(self.rank + 1) * self.micro_batch]
+        x, y = windows(self.train_tokens, mine, run.model.n_ctx)
+        _, loss = self.engine(x.to(self.engine.device), y.to(self.engine.device))
+        self.engine.backward(loss)
+        self.engine.step()
+        self.pending.append((step, loss.detach()))
+        self.progress.step += 1
+
+    def check_losses(self) -> None:
+        """Move pending losses to the host (one sync), averaged over ranks; stop on NaN/inf."""
+        if not self.pending:
+            return
+        losses = torch.stack([loss for _, loss in self.pending]).double()
+        if self.world_size > 1:
+            dist.all_reduce(losses)
+            losses /= self.world_size
+        for (step, _), loss in zip(self.pending, losses.tolist()):
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss became {loss} at step {step} (lr {learning_rate(self.run, step):.3g}); "
+                    f"last finite loss {self.last_finite_loss}; no checkpoint written for this step")
+            self.last_finite_loss = loss
+            self.interval_losses.append(loss)
+        self.pending.clear()
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Mean loss per token over the fixed windows; every rank evaluates all of them (ZeRO-3 safe)."""
+        self.engine.eval()
+        total = torch.zeros((), dtype=torch.float64)
+        for begin in range(0, len(self.val_starts), self.micro_batch):
+            x, y = windows(self.val_tokens, self.val_starts[begin:begin + self.micro_batch], self.run.model.n_ctx)
+            _, loss = self.engine(x.to(self.engine.device), y.to(self.engine.device))
+            total += loss.double().cpu() * y.numel()
+        self.engine.train()
+        return total.item() / (len(self.val_starts) * self.run.model.n_ctx)
+
+    def module_state(self) -> dict[str, torch.Tensor]:
+        module = self.engine.module
+        if self.run.zero_stage == 3:
+            with self.deepspeed.zero.GatheredParameters(list(module.parameters())):
+                return {name: t.detach().float().cpu().clone() for name, t in module.state_dict().items()}
+        return module.state_dict()
+
+    # ---------------------------------------------------------------- events
+    def record(self, event: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(event) + "\n")
+            self.metrics.flush()
+
+    def log_train(self, interval_seconds: float, interval_steps: int) -> None:
+        self.check_losses()
+        step, lr = self.progress.step, learning_rate(self.run, self.progress.step - 1)
+        train_loss = sum(self.interval_losses) / len(self.interval_losses)
+        rate = interval_steps * self.run.batch_size * self.run.model.n_ctx / interval_seconds
+        self.interval_losses.clear()
+        self.info("step %d  tokens %d  train loss %.4f  lr %.3g  %.0f tokens/s",
+                  step, self.tokens_seen, train_loss, lr, rate)
+        self.record({"event": "train", "step": step, "tokens_seen": self.tokens_seen, "train_loss": train_loss,
+                     "lr": lr, "tokens_per_second": rate})
+
+    def evaluate(self) -> None:
+        self.check_losses()
+        progress = self.progress
+        val_loss = self.validation_loss()
+        if not math.isfinite(val_loss):
+            raise TrainingDiverged(f"validation loss became {val_loss} at step {progress.step} "
+                                   f"(lr {learning_rate(self.run, max(0, progress.step - 1)):.3g}); "
+                                   f"last finite train loss {self.last_finite_loss}")
+        is_best = val_loss < progress.best_val_loss
+        if is_best:
+            progress.best_val_loss, progress.best_step, progress.evals_since_best = val_loss, progress.step, 0
+            state = self.module_state()
+            if self.is_main:
+                save_weights(state, self.best_path)
+        else:
+            progress.evals_since_best += 1
+        self.info("step %d  val loss %.4f%s", progress.step, val_loss, "  (best)" if is_best else "")
+        self.record({"event": "eval", "step": progress.step, "tokens_seen": self.tokens_seen,
+                     "val_loss": val_loss, "best": is_best})
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> None:
+        """Save on every rank, then mark the tag complete; only complete tags are ever loaded."""
+        self.check_losses()
+        tag = f"step{self.progress.step:08d}"
+        client_state = {"progress": dataclasses.asdict(self.progress), "rng": rng_states()}
+        self.engine.save_checkpoint(str(self.checkpoint_dir), tag=tag, client_state=client_state, save_latest=False)
+        if self.is_main:
+            kept_best = self.checkpoint_dir / tag / self.best_path.name
+            kept_best.unlink(missing_ok=True)
+            os.link(self.best_path, kept_best)
+        self.barrier()
+        if self.is_main:
+            write_json(self.checkpoint_dir / "complete.json", {"tag": tag, "step": self.progress.step})
+            for old in self.checkpoint_dir.iterdir():
+                if old.is_dir() and old.name != tag:
+                    shutil.rmtree(old)
+        self.info("checkpoint %s written at step %d", tag, self.progress.step)
+
+    def resume(self) -> None:
+        """Continue from the last complete checkpoint, or start afresh (dropping any partial one)."""
+        marker = self.checkpoint_dir / "complete.json"
+        if marker.exists():
+            tag = read_json(marker)["tag"]
+            load_path, client_state = self.engine.load_checkpoint(str(self.checkpoint_dir), tag=tag)
+            if load_path is None:
+                raise RuntimeError(f"{self.checkpoint_dir}: checkpoint {tag} is marked complete but did not load")
+            self.progress = Progress(**client_state["progress"])
+            restore_rng_states(client_state["rng"])
+            if self.is_main:
+                with atomic_path(self.best_path) as tmp:
+                    shutil.copyfile(self.checkpoint_dir / tag / self.best_path.name, tmp)
+            self.info("resumed from checkpoint %s at step %d", tag, self.progress.step)
+            resumed_step = self.progress.step
+        else:
+            if self.is_main and self.checkpoint_dir.exists():
+                shutil.rmtree(self.checkpoint_dir)
+            resumed_step = -1
+        if self.is_main:
+            keep_metrics_through(self.metrics_path, resumed_step)
+        self.barrier()
+
+    def info(self, message: str, *args: Any) -> None:
+        if self.is_main:
+            logger.info(message, *args)
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def stop_requested(self, flag: list[bool]) -> bool:
+        """Agree across ranks, so that every rank joins the checkpoint collective."""
+        requested = flag[0] or self.progress.step == self.run.stop_after_steps
+        if self.world_size > 1:
+            vote = torch.tensor(float(requested))
+            dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+            requested = bool(vote.item())
+        return requested
+
+    # ---------------------------------------------------------------- loop
+    def fit(self) -> dict:
+        run = self.run
+        if self.is_main:
+            write_json(self.out_dir / "model.json", {**run.model.to_dict(), "n_params": self.n_params})
+        self.resume()
+        wall_before, started = self.progress.wall_seconds, time.perf_counter()
+        self.metrics = open(self.metrics_path, "a", encoding="utf-8") if self.is_main else None
+        try:
+            with stop_requests() as flag:
+                stop_reason = self.loop(flag, lambda: wall_before + time.perf_counter() - started)
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+        progress = self.progress
+        progress.wall_seconds = wall_before + time.perf_counter() - started
+        summary = {
+            "kind": run.kind, "n_params": self.n_params, "steps": progress.step, "tokens_seen": self.tokens_seen,
+            "best_step": progress.best_step, "best_val_loss": progress.best_val_loss, "stop_reason": stop_reason,
+            "wall_seconds": progress.wall_seconds, "tokens_per_second": self.tokens_seen / progress.wall_seconds,
+            "seed": run.seed,
+        }
+        if self.is_main:
+            write_json(self.out_dir / "summary.json", summary)
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        self.info("finished after %d steps (%s): best val loss %.4f at step %d",
+                  progress.step, stop_reason, progress.best_val_loss, progress.best_step)
+        self.barrier()
+        return summary
+
+    def loop(self, flag: list[bool], wall_seconds: Callable[[], float]) -> str:
+        """Train until max_steps or early stopping; return the stop reason."""
+        run, progress = self.run, self.progress
+        if progress.step == 0:
+            self.evaluate()
+        last_log_time, last_log_step = time.perf_counter(), progress.step
+        while progress.step < run.max_steps:
+            self.train_step()
+            step = progress.step
+            if step % run.log_interval == 0:
+                now = time.perf_counter()
+                self.log_train(now - last_log_time, step - last_log_step)
+                last_log_time, last_log_step = now, step
+            if step % run.eval_interval == 0 or step == run.max_steps:
+                self.evaluate()
+                if step >= run.min_steps and progress.evals_since_best >= run.patience:
+                    return "early_stopping"
+            if step == run.max_steps:
+                break
+            progress.wall_seconds = wall_seconds()
+            if self.stop_requested(flag):
+                self.save_checkpoint()
+                raise TrainingInterrupted(step)
+            if step % run.checkpoint_interval == 0:
+                self.save_checkpoint()
+        self.check_losses()
+        return "max_steps"
+
+
+def train(spec: dict, out_dir: Path) -> dict:
+    """Train one run described by ``spec`` into ``out_dir``; resume there if a complete checkpoint exists."""
+    run = parse_spec(spec)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(run, out_dir)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.engine.destroy()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train one pretrain/finetune/scratch run (resumable).")
+    parser.add_argument("--spec", type=Path, required=True, help="training spec JSON")
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        train(read_json(args.spec), args.out)
+    except TrainingInterrupted as exc:
+        logger.warning("%s (exit code %d)", exc, INTERRUPTED_EXIT_CODE)
+        return INTERRUPTED_EXIT_CODE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Training: pretraining per (source, N), fine-tuning over N x D_F, from-scratch baselines over N x D.
+
+All three rules run the same trainer (DeepSpeed); they differ only in their data and initial weights.
+Pretraining is cacheable, so studies sharing a source and model settings share its weights (a cached
+rule may not have a benchmark: its summary.json records wall time and tokens/s instead).
+"""
+
+
+rule pretrain:
+    input:
+        train=tokens_file("{source}", "train"),
+        validation=tokens_file("{source}", "validation"),
+        tokenizer=TOKENIZER,
+    output:
+        **run_outputs(pretrain_dir()),
+    params:
+        spec=pretrain_spec,
+    log:
+        f"{LOGS}/pretrain/{{source}}/{{size}}.log",
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    cache: True
+    script:
+        "../scripts/train.py"
+
+
+rule finetune:
+    input:
+        train=subset_file(TARGET, "{chars}"),
+        validation=tokens_file(TARGET, "validation"),
+        tokenizer=TOKENIZER,
+        init=f"{pretrain_dir()}/best.safetensors",
+    output:
+        **run_outputs(finetune_dir()),
+    params:
+        spec=finetune_spec,
+    log:
+        f"{LOGS}/finetune/{{source}}/{{size}}/d{{chars}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/finetune/{{source}}/{{size}}/d{{chars}}_seed{{seed}}.tsv"
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../scripts/train.py"
+
+
+rule scratch:
+    input:
+        train=subset_file(TARGET, "{chars}"),
+        validation=tokens_file(TARGET, "validation"),
+        tokenizer=TOKENIZER,
+    output:
+        **run_outputs(scratch_dir()),
+    params:
+        spec=scratch_spec,
+    log:
+        f"{LOGS}/scratch/{{size}}/d{{chars}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/scratch/{{size}}/d{{chars}}_seed{{seed}}.tsv"
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,9 @@
+"""Snakemake adapter: the study's figures (PNG and SVG)."""
+
+from pathlib import Path
+
+from transfer_scaling.logs import log_to_file
+from transfer_scaling.plots import make_figures
+
+log_to_file(snakemake.log[0])
+make_figures(Path(snakemake.input.runs), Path(snakemake.input.fit).parent, Path(snakemake.output[0]))

@@ -1,0 +1,14 @@
+"""Snakemake adapter: the first D characters of the target's train split (nested across D)."""
+
+from pathlib import Path
+
+from transfer_scaling.corpora import make_subset
+from transfer_scaling.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+make_subset(
+    Path(snakemake.input.documents),
+    Path(snakemake.input.tokenizer),
+    int(snakemake.wildcards.chars),
+    Path(snakemake.output.tokens),
+)
