@@ -37,14 +37,12 @@ class TokenizerError(ValueError):
 class Tokenizer(ABC):
     """Text <-> token ids, with an end-of-document id that never comes out of ``encode``."""
 
+    kind: str
+
     def __init__(self, vocab_size: int, eot_id: int, sha256: str):
         self.vocab_size = vocab_size
         self.eot_id = eot_id
         self.sha256 = sha256
-
-    @property
-    @abstractmethod
-    def kind(self) -> str: ...
 
     @abstractmethod
     def encode(self, text: str) -> np.ndarray: ...

@@ -1,0 +1,141 @@
+"""Bad configurations are refused before any job runs, with one message naming the key and the value."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT, SCHEMA, new_study, run_workflow
+from transfer_scaling.config import (
+    ConfigError, check_target_size, load_schema, model_shapes, run_options, step_budget, validate_config,
+)
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return load_schema(SCHEMA)
+
+
+@pytest.fixture()
+def default_config():
+    with open(ROOT / "config.yaml", encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def _set(config: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if value is _DELETE:
+        del node[last]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+_DELETE = object()
+
+# (key, bad value, fragment the message must contain)
+BAD_CONFIGS = [
+    ("target", "java", "'target': 'java' is not a corpus"),
+    ("sources", ["text", "nope"], "'nope' is not a corpus"),
+    ("sources", ["python"], "is the target itself"),
+    ("sources", [], "config key 'sources'"),
+    ("models.0.d_model", 25, "d_model 25 is not divisible by n_head 2"),
+    ("models.0.n_layer", 0, "config key 'models.0.n_layer': value 0"),
+    ("models.1.name", "s", "model names must be unique"),
+    ("models.0.width", 3, "unknown key(s) 'width'"),
+    ("context", 4, "config key 'context': value 4"),
+    ("training.lr", -0.1, "config key 'training.lr': value -0.1"),
+    ("training.lr", "fast", "config key 'training.lr': value 'fast'"),
+    ("training.precision", "fp8", "value 'fp8' is not one of ['fp32', 'bf16']"),
+    ("training.zero_stage", 4, "config key 'training.zero_stage'"),
+    ("training.batch_size", 0, "config key 'training.batch_size'"),
+    ("training.min_steps", 5000, "min_steps 5000 exceeds max_steps"),
+    ("training.betas", [0.9], "config key 'training.betas'"),
+    ("finetune.d_f_chars", [], "config key 'finetune.d_f_chars'"),
+    ("finetune.d_f_chars", [1000, -5], "config key 'finetune.d_f_chars.1': value -5"),
+    ("scratch.d_chars", [1000], "config key 'scratch.d_chars'"),
+    ("scratch", _DELETE, "'scratch' is a required property"),
+    ("tokenizer.kind", "wordpiece", "value 'wordpiece' is not one of ['byte', 'bpe']"),
+    ("corpora.text.files.0.sha256", "abc", "config key 'corpora.text.files.0"),
+    ("corpora.text.files.0.index", "cran", "config key 'corpora.text.files.0"),
+    ("corpora.text_code.mixture", {"text": 0.5, "code": 0.4}, "weights sum to 0.9, must sum to 1"),
+    ("corpora.text_code.mixture", {"text": 0.5, "go": 0.5}, "component 'go' is not a corpus"),
+    ("corpora.Text", {"mixture": {"text": 0.5, "code": 0.5}}, "config key 'corpora'"),
+    ("splits.test", 0.9, "config key 'splits.test': value 0.9"),
+    ("fit.bootstrap", 10, "config key 'fit.bootstrap': value 10"),
+    ("fit.tolerance", 2, "config key 'fit.tolerance': value 2"),
+    ("seeds", [0, 0], "config key 'seeds'"),
+    ("unknown_key", 1, "unknown key(s) 'unknown_key'"),
+]
+
+
+def test_default_config_is_valid(default_config, schema):
+    config = validate_config(default_config, schema)
+    assert config["evaluation"]["batch_size"] > 0
+    assert len(model_shapes(config)) >= 3
+
+
+@pytest.mark.parametrize("key,value,message", BAD_CONFIGS, ids=[f"{k}={v!r}" for k, v, _ in BAD_CONFIGS])
+def test_bad_config_names_key_and_value(default_config, schema, key, value, message):
+    _set(default_config, key, value)
+    with pytest.raises(ConfigError) as error:
+        validate_config(default_config, schema)
+    assert message in str(error.value)
+
+
+def test_d_f_above_target_size_is_refused(default_config, schema):
+    config = validate_config(default_config, schema)
+    with pytest.raises(ConfigError, match=r"'finetune.d_f_chars': \[1000000\] exceed the target 'python'"):
+        check_target_size(config, target_train_chars=500_000)
+
+
+def test_presets_are_valid(default_config, schema):
+    for preset in sorted((ROOT / "presets").glob("*.yaml")):
+        config = copy.deepcopy(default_config)
+        with open(preset, encoding="utf-8") as handle:
+            _merge(config, yaml.safe_load(handle))
+        validate_config(config, schema)
+
+
+def _merge(base: dict, overlay: dict) -> None:
+    """Snakemake's --configfile semantics: mappings merge key by key, everything else replaces."""
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def test_pretraining_budget_sets_steps(default_config, schema):
+    config = validate_config(default_config, schema)
+    options = run_options(config, "pretrain")
+    tokens_per_step = options["batch_size"] * config["context"]
+    assert options["max_steps"] * tokens_per_step >= config["pretrain"]["tokens"]
+    assert (options["max_steps"] - 1) * tokens_per_step < config["pretrain"]["tokens"]
+
+
+def test_step_budget_scales_with_data():
+    options = {"batch_size": 10, "max_epochs": 4, "min_steps": 50, "max_steps": 1000}
+    assert step_budget(options, train_tokens=100, n_ctx=10) == 50  # floor
+    assert step_budget(options, train_tokens=10_000, n_ctx=10) == 400  # 4 epochs of 100-token steps
+    assert step_budget(options, train_tokens=10**6, n_ctx=10) == 1000  # cap
+
+
+@pytest.mark.slow
+def test_bad_config_stops_workflow_fast_and_writes_nothing(tmp_path):
+    study = new_study(tmp_path / "study")
+    (study / "bad.yaml").write_text("training: {lr: -1}\n")
+    started = time.monotonic()
+    result = run_workflow(study, "-n", "--configfile", "bad.yaml", check=False)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert "config key 'training.lr': value -1" in result.stdout + result.stderr
+    assert not (study / "results").exists()
+    assert elapsed < 30, f"validation took {elapsed:.1f} s"
