@@ -3,7 +3,8 @@
 # with accounting (the Snakemake SLURM executor polls sacct) and two fake GPUs as GRES.
 # Every config, state, log and pid file lives under TS_SLURM_DIR (default /tmp/transfer-scaling-slurm).
 # Idempotent: daemons already running from that folder are kept.
-# Exit codes: 0 cluster up; 3 cannot run here (not root, no apt-get for missing packages); 1 start failed.
+# Exit codes: 0 cluster up; 3 cannot run here (not root, no apt-get for missing packages, another SLURM
+# owns /etc/slurm/slurm.conf), with a one-line reason; 1 a daemon did not come up (tail of its log shown).
 set -euo pipefail
 
 DIR=${TS_SLURM_DIR:-/tmp/transfer-scaling-slurm}
@@ -38,11 +39,15 @@ running() {
     [[ $pid =~ ^[0-9]+$ ]] && [[ -r /proc/$pid/comm ]] && [[ $(</proc/"$pid"/comm) == "$comm" ]]
 }
 
-# Poll a command until it succeeds or WAIT_S passes.
-wait_for() {
-    local deadline=$((SECONDS + WAIT_S))
+# Poll a command until it succeeds; fail after WAIT_S, or at once when the daemon ($1, pid file $2)
+# has written its pid and died.
+wait_for_daemon() {
+    local comm=$1 pidfile=$2 deadline=$((SECONDS + WAIT_S))
+    shift 2
     until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || return 1
+        if ((SECONDS >= deadline)) || { [[ -s $pidfile ]] && ! running "$pidfile" "$comm"; }; then
+            return 1
+        fi
         sleep 0.5
     done
 }
@@ -59,8 +64,9 @@ SLURM test cluster is up (node $(sinfo -h -N -o %N | head -n 1), partition '$PAR
   logs:        $LOG
   pid files:   listed in $MANIFEST
   stop with:   TS_SLURM_DIR=$DIR $(dirname "$(readlink -f "$0")")/stop-local-cluster.sh
-Clients (sbatch, sacct, snakemake --executor slurm) need this in their environment:
+  clients:     find it through /etc/slurm/slurm.conf -> $SLURM_CONF (or set SLURM_CONF)
 SLURM_CONF=$SLURM_CONF
+PARTITION=$PARTITION
 EOF
 }
 
@@ -125,6 +131,7 @@ MinJobAge=300
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=6819
+AccountingStoragePass=$MUNGE_SOCKET
 AccountingStoreFlags=job_comment
 AccountingStorageTRES=gres/gpu
 GresTypes=gpu
@@ -154,17 +161,19 @@ EOF
 
 start_munged() {
     running "$MUNGE_DIR/munged.pid" munged && return 0
+    rm -f "$MUNGE_DIR/munged.pid"
     [[ -s /etc/munge/munge.key ]] || mungekey --create --keyfile=/etc/munge/munge.key
     runuser -u munge -- munged --socket="$MUNGE_SOCKET" --pid-file="$MUNGE_DIR/munged.pid" \
         --log-file="$MUNGE_DIR/munged.log" --seed-file="$MUNGE_DIR/munged.seed" \
         || die_with_log "munged did not start" "$MUNGE_DIR/munged.log"
-    wait_for test -S "$MUNGE_SOCKET" || die_with_log "munged socket $MUNGE_SOCKET did not appear" "$MUNGE_DIR/munged.log"
+    wait_for_daemon munged "$MUNGE_DIR/munged.pid" test -S "$MUNGE_SOCKET" || die_with_log "munged socket $MUNGE_SOCKET did not appear" "$MUNGE_DIR/munged.log"
 }
 
 mysql_root() { mariadb --no-defaults --socket="$MYSQL_SOCKET" -u root "$@"; }
 
 start_mariadbd() {
     running "$MYSQL_DIR/mariadbd.pid" mariadbd && return 0
+    rm -f "$MYSQL_DIR/mariadbd.pid"
     if [[ ! -d $MYSQL_DIR/data/mysql ]]; then
         mariadb-install-db --no-defaults --user=mysql --datadir="$MYSQL_DIR/data" \
             --auth-root-authentication-method=socket --skip-test-db >"$LOG/mariadb-install-db.log" 2>&1 \
@@ -173,7 +182,7 @@ start_mariadbd() {
     setsid mariadbd --no-defaults --user=mysql --datadir="$MYSQL_DIR/data" --socket="$MYSQL_SOCKET" \
         --pid-file="$MYSQL_DIR/mariadbd.pid" --skip-networking --log-error="$LOG/mariadbd.log" \
         </dev/null >/dev/null 2>&1 &
-    wait_for mysql_root -e 'SELECT 1' || die_with_log "mariadbd did not answer on $MYSQL_SOCKET" "$LOG/mariadbd.log"
+    wait_for_daemon mariadbd "$MYSQL_DIR/mariadbd.pid" mysql_root -e 'SELECT 1' || die_with_log "mariadbd did not answer on $MYSQL_SOCKET" "$LOG/mariadbd.log"
     local db_pass
     db_pass=$(<"$ETC/db.pass")
     # CREATE USER IF NOT EXISTS keeps an old password, so ALTER USER sets the current one.
@@ -185,20 +194,34 @@ start_mariadbd() {
 
 start_slurmdbd() {
     running "$RUN/slurmdbd.pid" slurmdbd && return 0
+    rm -f "$RUN/slurmdbd.pid"
     # slurmdbd connects to StorageHost=localhost through the client library's default socket.
     MYSQL_UNIX_PORT=$MYSQL_SOCKET slurmdbd || die_with_log "slurmdbd did not start" "$LOG/slurmdbd.log"
-    wait_for port_open 6819 || die_with_log "slurmdbd did not listen on port 6819" "$LOG/slurmdbd.log"
+    wait_for_daemon slurmdbd "$RUN/slurmdbd.pid" port_open 6819 || die_with_log "slurmdbd did not listen on port 6819" "$LOG/slurmdbd.log"
 }
 
 start_slurmctld() {
     running "$RUN/slurmctld.pid" slurmctld && return 0
+    rm -f "$RUN/slurmctld.pid"
     slurmctld || die_with_log "slurmctld did not start" "$LOG/slurmctld.log"
-    wait_for scontrol ping || die_with_log "slurmctld did not answer" "$LOG/slurmctld.log"
+    wait_for_daemon slurmctld "$RUN/slurmctld.pid" scontrol ping || die_with_log "slurmctld did not answer" "$LOG/slurmctld.log"
 }
 
 start_slurmd() {
     running "$RUN/slurmd.pid" slurmd && return 0
+    rm -f "$RUN/slurmd.pid"
     slurmd || die_with_log "slurmd did not start" "$LOG/slurmd.log"
+}
+
+# Snakemake's job step strips SLURM_* variables (SLURM_CONF too) before its nested srun, so clients
+# must find the config at the default path: link it there unless another cluster's config is in the way.
+link_default_conf() {
+    local default=/etc/slurm/slurm.conf
+    if [[ -e $default || -L $default ]] && [[ $(readlink "$default") != "$SLURM_CONF" ]]; then
+        cannot_run "$default belongs to another SLURM installation; this test cluster needs that path"
+    fi
+    install -d -m 755 /etc/slurm
+    ln -sfn "$SLURM_CONF" "$default"
 }
 
 write_manifest() {
@@ -222,6 +245,7 @@ all_running() {
 main() {
     ((EUID == 0)) || cannot_run "must run as root (it installs packages and starts system daemons)"
     if all_running && node_ready; then
+        echo "All daemons already running from $DIR; nothing started."
         print_summary
         return 0
     fi
@@ -229,13 +253,14 @@ main() {
     install_packages
     make_dirs
     write_configs
+    link_default_conf
     write_manifest
     start_munged
     start_mariadbd
     start_slurmdbd
     start_slurmctld
     start_slurmd
-    wait_for node_ready || die_with_log "node not idle after ${WAIT_S}s (state: '$(node_state)')" "$LOG/slurmctld.log"
+    wait_for_daemon slurmd "$RUN/slurmd.pid" node_ready || die_with_log "node not idle after ${WAIT_S}s (state: '$(node_state)')" "$LOG/slurmctld.log"
     print_summary
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stop the daemons that start-local-cluster.sh started, in reverse start order, by the pid files
 # listed in its manifest (never by process name), and wait until each has exited.
-# Configs, database and logs stay under TS_SLURM_DIR, so the next start is fast.
+# Configs, database and logs stay under TS_SLURM_DIR, so the next start is fast; the link
+# /etc/slurm/slurm.conf that start made to this folder's config is removed.
 set -euo pipefail
 
 DIR=${TS_SLURM_DIR:-/tmp/transfer-scaling-slurm}
@@ -36,3 +37,8 @@ stop_daemon() {
 tac "$MANIFEST" | while read -r name pidfile; do
     stop_daemon "$name" "$pidfile"
 done
+
+DEFAULT_CONF=/etc/slurm/slurm.conf
+if [[ -L $DEFAULT_CONF && $(readlink "$DEFAULT_CONF") == "$DIR/etc/slurm.conf" ]]; then
+    rm "$DEFAULT_CONF"
+fi
