@@ -25,6 +25,7 @@ except ConfigError as error:
 # No job may reach the Hugging Face hub: corpora come from pinned package files or local data.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 report: "workflow/report/workflow.rst"
 

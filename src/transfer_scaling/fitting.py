@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from scipy.interpolate import PchipInterpolator
 from scipy.optimize import brentq, least_squares
 
 from .io import atomic_open, read_json, write_json
+from .jointlaw import JointLawError, fit_chinchilla
 
 REQUIRED_COLUMNS = ("kind", "source", "n_params", "data_chars", "test_loss")
 FITTED_KINDS = ("scratch", "finetune")
@@ -529,46 +530,68 @@ def ossification(points: pd.DataFrame) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------- entry points
 
 
+@dataclass(frozen=True)
+class FitOptions:
+    tolerance: float = 0.01
+    low_data_fraction: float = 0.1
+    n_bootstrap: int = 1000
+    seed: int = 0
+    slope_tolerance: float = DEFAULT_SLOPE_TOLERANCE
+    joint_law: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.tolerance < 1:
+            raise FitError(f"tolerance = {self.tolerance}: must lie in (0, 1)")
+        if not self.low_data_fraction > 0:
+            raise FitError(f"low_data_fraction = {self.low_data_fraction}: must be positive")
+        if self.n_bootstrap < 0:
+            raise FitError(f"n_bootstrap = {self.n_bootstrap}: must be >= 0")
+        if self.slope_tolerance < 0:
+            raise FitError(f"slope_tolerance = {self.slope_tolerance}: must be >= 0")
+
+
 def fit_runs(runs: pd.DataFrame, tolerance: float = 0.01, low_data_fraction: float = 0.1,
-             n_bootstrap: int = 1000, seed: int = 0,
-             slope_tolerance: float = DEFAULT_SLOPE_TOLERANCE) -> dict[str, Any]:
-    """Fit every source of a runs table; returns a JSON-ready dict (see ``fit_file`` for the layout)."""
-    _check_options(tolerance, low_data_fraction, n_bootstrap, slope_tolerance)
-    result, _ = _fit(runs, tolerance, low_data_fraction, n_bootstrap, seed, slope_tolerance)
-    return result
+             n_bootstrap: int = 1000, seed: int = 0, slope_tolerance: float = DEFAULT_SLOPE_TOLERANCE,
+             joint_law: bool = True) -> dict[str, Any]:
+    """Fit every source of a runs table; returns a JSON-ready dict (see ``fit_file`` for the layout).
+
+    ``joint_law`` adds the joint-law diagnostic (a few seconds for the full start grid).
+    """
+    return _fit(runs, FitOptions(tolerance, low_data_fraction, n_bootstrap, seed, slope_tolerance, joint_law))[0]
 
 
-def _check_options(tolerance: float, low_data_fraction: float, n_bootstrap: int, slope_tolerance: float) -> None:
-    if not 0 < tolerance < 1:
-        raise FitError(f"tolerance = {tolerance}: must lie in (0, 1)")
-    if not low_data_fraction > 0:
-        raise FitError(f"low_data_fraction = {low_data_fraction}: must be positive")
-    if n_bootstrap < 0:
-        raise FitError(f"n_bootstrap = {n_bootstrap}: must be >= 0")
-    if slope_tolerance < 0:
-        raise FitError(f"slope_tolerance = {slope_tolerance}: must be >= 0")
-
-
-def _fit(runs: pd.DataFrame, tolerance: float, low_data_fraction: float, n_bootstrap: int, seed: int,
-         slope_tolerance: float) -> tuple[dict[str, Any], pd.DataFrame]:
+def _fit(runs: pd.DataFrame, options: FitOptions) -> tuple[dict[str, Any], pd.DataFrame]:
     runs = validate_runs(runs)
     averaged = average_seeds(runs[runs["kind"].isin(FITTED_KINDS)])
     curves = {n: ScratchCurve(n, group["data_chars"].to_numpy(), group["test_loss"].to_numpy())
               for n, group in averaged[averaged["kind"] == "scratch"].groupby("n_params")}
-    scratch = {n: scratch_summary(curve, tolerance, low_data_fraction) for n, curve in curves.items()}
-    points = build_points(averaged, runs, curves, scratch, slope_tolerance)
-    sources = {source: _fit_source(group, n_bootstrap, seed) for source, group in points.groupby("source")}
+    scratch = {n: scratch_summary(curve, options.tolerance, options.low_data_fraction) for n, curve in curves.items()}
+    points = build_points(averaged, runs, curves, scratch, options.slope_tolerance)
+    sources = {source: _fit_source(group, options.n_bootstrap, options.seed)
+               for source, group in points.groupby("source")}
     draws = _pop_draws(sources)
+    scratch_points = averaged[averaged["kind"] == "scratch"]
     result = {
-        "options": {"tolerance": tolerance, "low_data_fraction": low_data_fraction, "n_bootstrap": n_bootstrap,
-                    "seed": seed, "slope_tolerance": slope_tolerance},
+        "options": asdict(options),
         "scratch": {n_key(n): summary for n, summary in scratch.items()},
         "sources": sources,
         "points": points.to_dict(orient="records"),
         "failed_runs": runs[runs["status"] == "failed"].to_dict(orient="records"),
         "compute_by_kind": _compute_by_kind(runs),
+        "joint_law": joint_law_diagnostic(scratch_points) if options.joint_law else None,
     }
     return to_jsonable(result), draws
+
+
+def joint_law_diagnostic(scratch: pd.DataFrame) -> dict[str, Any]:
+    """Chinchilla's and Kaplan's joint L(N, D) fitted to the scratch points: a diagnostic of how well one
+    smooth law describes the runs, never used to compute D_E (the paper found it too poor to invert)."""
+    try:
+        fit = fit_chinchilla(scratch["n_params"], scratch["data_chars"], scratch["test_loss"])
+    except JointLawError as error:
+        return {"identifiable": False, "reason": str(error)}
+    return {"identifiable": True, "n_params": scratch["n_params"].tolist(), "d_chars": scratch["data_chars"].tolist(),
+            "test_loss": scratch["test_loss"].tolist(), **fit}
 
 
 def _fit_source(points: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str, Any]:
@@ -641,15 +664,10 @@ def fit_file(runs_csv: str | os.PathLike, out_dir: str | os.PathLike, **options:
     derived quantities; point counts; ossification); ``points``; ``failed_runs``; ``compute_by_kind``.
     ``bootstrap.csv`` holds the bootstrap draws (for interval bands in the figures).
     """
-    tolerance = options.pop("tolerance", 0.01)
-    low_data_fraction = options.pop("low_data_fraction", 0.1)
-    n_bootstrap = options.pop("n_bootstrap", 1000)
-    seed = options.pop("seed", 0)
-    slope_tolerance = options.pop("slope_tolerance", DEFAULT_SLOPE_TOLERANCE)
-    if options:
-        raise FitError(f"unknown fit option(s) {sorted(options)}")
-    _check_options(tolerance, low_data_fraction, n_bootstrap, slope_tolerance)
-    result, draws = _fit(read_runs(runs_csv), tolerance, low_data_fraction, n_bootstrap, seed, slope_tolerance)
+    unknown = set(options) - {field.name for field in fields(FitOptions)}
+    if unknown:
+        raise FitError(f"unknown fit option(s) {sorted(unknown)}; allowed: {[f.name for f in fields(FitOptions)]}")
+    result, draws = _fit(read_runs(runs_csv), FitOptions(**options))
     result["runs_csv"] = str(runs_csv)
     out_dir = Path(out_dir)
     write_json(out_dir / "transfer_fit.json", result)

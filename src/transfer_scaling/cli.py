@@ -1,0 +1,105 @@
+"""The ``transfer-scaling`` console script.
+
+``fit`` and ``advise`` and ``figures`` need only numpy, scipy, pandas and seaborn: heavy modules (torch,
+deepspeed) are imported inside the subcommands that train, never at module level, so a fit of a runs
+table answers in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from .fitting import DEFAULT_SLOPE_TOLERANCE, FitError, advise, fit_file, load_fit
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one ``error: ...`` line and exit status 2, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{self.prog}: {message}")
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _fit(args: argparse.Namespace) -> None:
+    result = fit_file(args.runs, args.out, tolerance=args.tolerance, low_data_fraction=args.low_data_fraction,
+                      n_bootstrap=args.bootstrap, seed=args.seed, slope_tolerance=args.slope_tolerance,
+                      joint_law=not args.no_joint_law)
+    summary = {}
+    for source, blocks in result["sources"].items():
+        summary[source] = {method: _law_summary(blocks[method]) for method in ("appendix_c", "huber")}
+        summary[source]["n_points_used"] = blocks["n_points_used"]
+    print(json.dumps({"out": str(args.out), "sources": summary}, indent=2))
+
+
+def _law_summary(block: dict) -> dict:
+    if not block["identifiable"]:
+        return {"not identifiable": block["reason"]}
+    return {name: block[name] for name in ("k", "alpha", "beta", "k_ci", "alpha_ci", "beta_ci")}
+
+
+def _advise(args: argparse.Namespace) -> None:
+    print(json.dumps(advise(load_fit(args.fit), args.source, args.n_params, args.d_f_chars), indent=2))
+
+
+def _figures(args: argparse.Namespace) -> None:
+    from .plots import make_figures
+
+    for path in make_figures(args.runs, args.fit, args.out):
+        print(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="transfer-scaling", description="Measure the scaling laws for transfer.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    fit = commands.add_parser("fit", help="fit D_T = k D_F^alpha N^beta to a runs table")
+    fit.add_argument("runs", help="runs table (CSV)")
+    fit.add_argument("--out", required=True, help="directory for transfer_fit.json, points.csv, bootstrap.csv")
+    fit.add_argument("--tolerance", type=float, default=0.01, help="D(N): L_N(D) within this of L_inf (relative)")
+    fit.add_argument("--low-data-fraction", type=float, default=0.1, help="fit only D_F <= this * D(N)")
+    fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--slope-tolerance", type=float, default=DEFAULT_SLOPE_TOLERANCE,
+                     help="flag D_E where the scratch curve is flatter than this (nats per e-fold of D)")
+    fit.add_argument("--no-joint-law", action="store_true", help="skip the joint L(N, D) diagnostic")
+    fit.set_defaults(handler=_fit)
+
+    advice = commands.add_parser("advise", help="what 10x more data buys against 10x more parameters")
+    advice.add_argument("fit", help="transfer_fit.json (or the directory holding it)")
+    advice.add_argument("--source", required=True)
+    advice.add_argument("--n-params", type=float, required=True, help="non-embedding parameters N")
+    advice.add_argument("--d-f-chars", type=float, required=True, help="fine-tuning data D_F in characters")
+    advice.set_defaults(handler=_advise)
+
+    figures = commands.add_parser("figures", help="draw the figures of a fit (PNG and SVG)")
+    figures.add_argument("runs", help="runs table (CSV)")
+    figures.add_argument("--fit", required=True, help="directory written by `fit`")
+    figures.add_argument("--out", required=True, help="directory for the figures")
+    figures.set_defaults(handler=_figures)
+
+    # `train` goes here: a subparser whose handler imports transfer_scaling.training inside itself and calls
+    # its main(), so that no other subcommand imports torch or deepspeed.
+    return parser
+
+
+HANDLED_ERRORS: tuple[type[Exception], ...] = (FitError, ValueError, OSError)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], None] = args.handler
+    try:
+        handler(args)
+    except HANDLED_ERRORS as error:
+        fail(str(error))
+
+
+if __name__ == "__main__":
+    main()

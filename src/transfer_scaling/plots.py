@@ -1,0 +1,240 @@
+"""Figures of a transfer fit in the paper's terms (PNG and SVG), drawn from ``transfer_fit.json``,
+``bootstrap.csv`` and the runs table. Agg backend only; every file is written through a temporary name.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+
+from . import fitting  # noqa: E402
+from .io import atomic_path  # noqa: E402
+from .jointlaw import predict_chinchilla, predict_kaplan  # noqa: E402
+
+FORMATS = ("png", "svg")
+LABELS = {
+    "n_params": "N (non-embedding parameters)",
+    "d_f_chars": "D_F, fine-tuning data (characters)",
+    "d_chars": "D, training data (characters)",
+    "d_transferred": "D_T, effective data transferred (characters)",
+    "test_loss": "test loss (nats / character)",
+    "fraction": "fraction of effective data from pretraining, D_T / D_E",
+    "multiplier": "effective data multiplier, D_E / D_F",
+}
+FIT_NAMES = {"appendix_c": "Appendix C", "huber": "Huber"}
+
+
+def make_figures(runs_csv: str | os.PathLike, fit_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Draw every figure; returns the written paths (PNG and SVG of each)."""
+    fit = fitting.load_fit(fit_dir)
+    draws_path = Path(fit_dir) / "bootstrap.csv"
+    draws = pd.read_csv(draws_path) if draws_path.exists() else pd.DataFrame(columns=["source", "method"])
+    runs = fitting.validate_runs(fitting.read_runs(runs_csv))
+    points = pd.DataFrame(fit["points"])
+    sns.set_theme(style="whitegrid", context="paper")
+    drawers: dict[str, Callable[[], plt.Figure]] = {
+        "loss_vs_data": lambda: loss_vs_data(fit, runs, points),
+        "transferred_vs_finetune": lambda: transferred_vs_finetune(fit, points, draws),
+        "fraction_vs_params": lambda: fraction_vs_params(fit, points),
+        "multiplier_heatmap": lambda: multiplier_heatmap(fit),
+        "ossification": lambda: ossification_plot(fit),
+    }
+    if fit.get("joint_law") and fit["joint_law"].get("identifiable"):
+        drawers["joint_law"] = lambda: joint_law_plot(fit)
+    written = []
+    for name, draw in drawers.items():
+        figure = draw()
+        written += save_figure(figure, Path(out_dir) / name)
+        plt.close(figure)
+    return written
+
+
+def save_figure(figure: plt.Figure, stem: Path) -> list[Path]:
+    paths = []
+    for fmt in FORMATS:
+        path = stem.with_suffix(f".{fmt}")
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def _panels(count: int, width: float = 4.2, height: float = 3.4, columns: int = 3) -> tuple[plt.Figure, list[plt.Axes]]:
+    columns = max(1, min(columns, count))
+    rows = math.ceil(max(count, 1) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False,
+                             layout="constrained")
+    flat = list(axes.ravel())
+    for axis in flat[count:]:
+        axis.set_visible(False)
+    return figure, flat[:count]
+
+
+def _n_label(n_params: float) -> str:
+    return f"N = {n_params:.3g}"
+
+
+def _palette(values: list[float]) -> dict[float, Any]:
+    return dict(zip(sorted(values), sns.color_palette("viridis", len(values))))
+
+
+def loss_vs_data(fit: dict[str, Any], runs: pd.DataFrame, points: pd.DataFrame) -> plt.Figure:
+    """Per N: the scratch curve, fine-tuned points per source, and D_T as a horizontal segment D_F -> D_E."""
+    scratch = _scratch_by_size(fit)
+    figure, axes = _panels(len(scratch))
+    sources = sorted(points["source"].unique()) if len(points) else []
+    colours = dict(zip(sources, sns.color_palette("deep", len(sources))))
+    for axis, summary in zip(axes, scratch):
+        n_params = summary["n_params"]
+        seeds = runs[(runs["kind"] == "scratch") & (runs["n_params"] == n_params) & (runs["status"] == "ok")]
+        axis.scatter(seeds["data_chars"], seeds["test_loss"], s=8, color="0.6")
+        axis.plot(summary["d_chars"], summary["test_loss"], "o-", color="black", label="from scratch")
+        mine = points[(points["n_params"] == n_params) & (points["status"] != "failed")]
+        for source, group in mine.groupby("source"):
+            group = group.sort_values("d_f_chars")
+            axis.plot(group["d_f_chars"], group["test_loss"], "s--", color=colours[source],
+                      label=f"fine-tuned from {source}")
+            for row in group.itertuples(index=False):
+                if row.status not in ("below_range",) and np.isfinite(row.d_effective):
+                    style = "-" if row.status == "ok" else ":"
+                    axis.plot([row.d_f_chars, row.d_effective], [row.test_loss] * 2, style, color=colours[source], lw=1)
+        axis.set(xscale="log", xlabel=LABELS["d_chars"], ylabel=LABELS["test_loss"], title=_n_label(n_params))
+    if axes:
+        axes[0].legend(fontsize="small", title="segment: D_T (dotted: not fitted)", title_fontsize="small")
+    figure.suptitle("Loss vs data: the horizontal gap is the effective data transferred")
+    return figure
+
+
+def _scratch_by_size(fit: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted(fit["scratch"].values(), key=lambda summary: summary["n_params"])
+
+
+def _primary(fit: dict[str, Any], source: str) -> tuple[str, dict[str, Any]] | tuple[None, str]:
+    try:
+        return fitting.primary_fit(fit, source)
+    except fitting.FitError as error:
+        return None, str(error)
+
+
+def transferred_vs_finetune(fit: dict[str, Any], points: pd.DataFrame, draws: pd.DataFrame) -> plt.Figure:
+    """D_T vs D_F per N (log-log) with the fitted law and its 95% bootstrap band."""
+    sources = sorted(fit["sources"])
+    figure, axes = _panels(len(sources))
+    for axis, source in zip(axes, sources):
+        mine = points[(points["source"] == source) & (points["status"] == "ok")]
+        colours = _palette(sorted(points.loc[points["source"] == source, "n_params"].unique()))
+        method, block = _primary(fit, source)
+        d_f = np.logspace(np.log10(points["d_f_chars"].min()), np.log10(points["d_f_chars"].max()), 50)
+        for n_params, colour in colours.items():
+            group = mine[mine["n_params"] == n_params]
+            axis.scatter(group["d_f_chars"], group["d_transferred"], color=colour, label=_n_label(n_params))
+            if method is None:
+                continue
+            fitted = fitting.transferred_data(block["k"], block["alpha"], block["beta"], n_params, d_f)
+            axis.plot(d_f, fitted, color=colour)
+            band = draws[(draws["source"] == source) & (draws["method"] == method)]
+            if len(band):
+                curves = np.exp(band["ln_k"].to_numpy()[:, None] + np.outer(band["alpha"], np.log(d_f))
+                                + np.outer(band["beta"], np.full_like(d_f, np.log(n_params))))
+                low, high = np.percentile(curves, [2.5, 97.5], axis=0)
+                axis.fill_between(d_f, low, high, color=colour, alpha=0.15, lw=0)
+        title = (f"{source}: D_T = {block['k']:.3g} D_F^{block['alpha']:.3f} N^{block['beta']:.3f} "
+                 f"({FIT_NAMES[method]})" if method else f"{source}: {block}")
+        axis.set(xscale="log", yscale="log", xlabel=LABELS["d_f_chars"], ylabel=LABELS["d_transferred"])
+        axis.set_title(title, fontsize="small")
+        axis.legend(fontsize="small")
+    return figure
+
+
+def fraction_vs_params(fit: dict[str, Any], points: pd.DataFrame) -> plt.Figure:
+    """Fraction from pretraining vs N on logit axes, one line per D_F (straight lines under the law)."""
+    sources = sorted(fit["sources"])
+    figure, axes = _panels(len(sources))
+    for axis, source in zip(axes, sources):
+        mine = points[(points["source"] == source) & (points["status"] == "ok")]
+        method, block = _primary(fit, source)
+        all_n = points.loc[points["source"] == source, "n_params"]
+        n_grid = np.logspace(np.log10(all_n.min()), np.log10(all_n.max()), 50)
+        for d_f, colour in _palette(sorted(points.loc[points["source"] == source, "d_f_chars"].unique())).items():
+            group = mine[mine["d_f_chars"] == d_f]
+            axis.scatter(group["n_params"], group["fraction"], color=colour, label=f"D_F = {d_f:.3g}")
+            if method is not None:
+                ratio = fitting.transferred_data(block["k"], block["alpha"], block["beta"], n_grid, d_f) / d_f
+                axis.plot(n_grid, ratio / (1 + ratio), color=colour)
+        axis.set(xscale="log", yscale="logit", xlabel=LABELS["n_params"], ylabel=LABELS["fraction"], title=source)
+        axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+        axis.yaxis.set_minor_formatter(NullFormatter())
+        axis.legend(fontsize="small")
+    return figure
+
+
+def multiplier_heatmap(fit: dict[str, Any]) -> plt.Figure:
+    """The fitted effective-data multiplier 1 + D_T/D_F over the observed (N, D_F)."""
+    sources = sorted(fit["sources"])
+    figure, axes = _panels(len(sources), width=5.0)
+    for axis, source in zip(axes, sources):
+        method, block = _primary(fit, source)
+        if method is None:
+            axis.text(0.5, 0.5, f"not identifiable:\n{block}", ha="center", va="center", wrap=True, fontsize="small")
+            axis.set_axis_off()
+            continue
+        grid = pd.DataFrame(block["derived"]["grid"]).pivot(index="n_params", columns="d_f_chars", values="multiplier")
+        grid.index = [f"{v:.3g}" for v in grid.index]
+        grid.columns = [f"{v:.3g}" for v in grid.columns]
+        sns.heatmap(grid.iloc[::-1], annot=True, fmt=".3g", cmap="magma", ax=axis,
+                    cbar_kws={"label": LABELS["multiplier"]})
+        axis.set(xlabel=LABELS["d_f_chars"], ylabel=LABELS["n_params"], title=f"{source} ({FIT_NAMES[method]} fit)")
+    return figure
+
+
+def ossification_plot(fit: dict[str, Any]) -> plt.Figure:
+    """Fine-tuned minus scratch loss at the same D_F: above zero, pretraining hurts (ossification)."""
+    sources = sorted(fit["sources"])
+    figure, axes = _panels(len(sources))
+    for axis, source in zip(axes, sources):
+        entries = fit["sources"][source]["ossification"]
+        colours = _palette([entry["n_params"] for entry in entries])
+        for entry in entries:
+            gap = np.array([np.nan if v is None else v for v in entry["loss_gap"]], float)
+            colour = colours[entry["n_params"]]
+            axis.plot(entry["d_f_observed"], gap, "o-", color=colour, label=_n_label(entry["n_params"]))
+            if entry["d_f_chars"] is not None:
+                axis.axvline(entry["d_f_chars"], color=colour, ls=":", lw=1)
+        axis.axhline(0.0, color="black", lw=1)
+        axis.set(xscale="log", xlabel=LABELS["d_f_chars"], ylabel="fine-tuned minus scratch loss (nats / char)",
+                 title=f"{source}: above 0, scratch wins (dotted: onset)")
+        axis.legend(fontsize="small")
+    return figure
+
+
+def joint_law_plot(fit: dict[str, Any]) -> plt.Figure:
+    """Scratch losses with the joint-law fits (Chinchilla solid, Kaplan dashed) and their log residuals."""
+    law = fit["joint_law"]
+    figure, (curves, residuals) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    table = pd.DataFrame({key: law[key] for key in ("n_params", "d_chars", "test_loss", "residuals_log_loss")})
+    colours = sns.color_palette("viridis", table["n_params"].nunique())
+    for (n_params, group), colour in zip(table.groupby("n_params"), colours):
+        grid = np.logspace(np.log10(group["d_chars"].min()), np.log10(group["d_chars"].max()), 60)
+        curves.scatter(group["d_chars"], group["test_loss"], color=colour, label=_n_label(n_params))
+        curves.plot(grid, predict_chinchilla(law, n_params, grid), color=colour)
+        curves.plot(grid, predict_kaplan(law["kaplan"], n_params, grid), "--", color=colour)
+        residuals.plot(group["d_chars"], group["residuals_log_loss"], "o", color=colour)
+    curves.set(xscale="log", xlabel=LABELS["d_chars"], ylabel=LABELS["test_loss"],
+               title=f"E + A/N^{law['alpha']:.3f} + B/D^{law['beta']:.3f} (solid); Kaplan (dashed)")
+    curves.legend(fontsize="small")
+    residuals.axhline(0.0, color="black", lw=1)
+    residuals.set(xscale="log", xlabel=LABELS["d_chars"], ylabel="log L observed - fitted",
+                  title=f"residuals; Kaplan rms {law['kaplan']['rms_log_residual']:.3g}")
+    return figure

@@ -1,0 +1,91 @@
+"""The console script: fit, advise and figures end to end, one-line errors, no torch on the fitting path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_fitting import synthetic_runs
+
+from transfer_scaling import cli
+
+SCRIPT = shutil.which("transfer-scaling", path=str(Path(sys.executable).parent))
+NO_TORCH = ("import sys, runpy; sys.argv = ['transfer-scaling'] + sys.argv[1:]\n"
+            "try:\n    runpy.run_module('transfer_scaling.cli', run_name='__main__')\n"
+            "finally:\n    assert not {'torch', 'deepspeed'} & set(sys.modules), 'torch imported'\n")
+
+
+@pytest.fixture
+def runs_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "runs.csv"
+    synthetic_runs().to_csv(path, index=False)
+    return path
+
+
+def test_fit_subprocess_is_fast_and_never_imports_torch(runs_csv, tmp_path):
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", NO_TORCH, "fit", str(runs_csv), "--out", str(tmp_path / "fit"),
+                           "--bootstrap", "200", "--no-joint-law"], capture_output=True, text=True, timeout=60)
+    seconds = time.perf_counter() - began
+    assert done.returncode == 0, done.stderr
+    assert seconds < 10, seconds
+    summary = json.loads(done.stdout)
+    assert summary["sources"]["text"]["n_points_used"] == 25
+    assert abs(summary["sources"]["text"]["huber"]["alpha"] - 0.18) < 0.03
+    assert (tmp_path / "fit" / "transfer_fit.json").exists() and (tmp_path / "fit" / "points.csv").exists()
+
+
+@pytest.mark.slow
+def test_console_script_fit_advise_and_errors(runs_csv, tmp_path):
+    assert SCRIPT, "the transfer-scaling console script is not installed in the venv"
+    fit = subprocess.run([SCRIPT, "fit", str(runs_csv), "--out", str(tmp_path / "fit"), "--bootstrap", "100",
+                          "--no-joint-law"], capture_output=True, text=True, timeout=60)
+    assert fit.returncode == 0, fit.stderr
+    advice = subprocess.run([SCRIPT, "advise", str(tmp_path / "fit" / "transfer_fit.json"), "--source", "text",
+                             "--n-params", "1e6", "--d-f-chars", "1e4"], capture_output=True, text=True, timeout=60)
+    assert advice.returncode == 0, advice.stderr
+    assert json.loads(advice.stdout)["10x_params"]["d_effective"] > json.loads(advice.stdout)["current"]["d_effective"]
+    missing = subprocess.run([SCRIPT, "fit", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "x")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().count("\n") == 0 and missing.stderr.startswith("error: runs table not found")
+
+
+@pytest.mark.slow
+def test_in_process_fit_and_figures(runs_csv, tmp_path, capsys):
+    cli.main(["fit", str(runs_csv), "--out", str(tmp_path / "fit"), "--bootstrap", "50", "--no-joint-law"])
+    cli.main(["figures", str(runs_csv), "--fit", str(tmp_path / "fit"), "--out", str(tmp_path / "figures")])
+    printed = capsys.readouterr().out
+    assert str(tmp_path / "figures" / "loss_vs_data.png") in printed
+
+
+def test_fitting_modules_never_import_torch():
+    """In a fresh interpreter (other tests of the session may have imported torch into this one)."""
+    code = ("import sys, transfer_scaling.cli, transfer_scaling.fitting, transfer_scaling.jointlaw, "
+            "transfer_scaling.plots; print(sorted({'torch', 'deepspeed', 'snakemake'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fit"], "error: transfer-scaling fit: the following arguments are required"),
+        (["advise", "missing.json", "--source", "text", "--n-params", "1e6", "--d-f-chars", "1e4"],
+         "error: fit file not found"),
+        (["fit", "RUNS", "--out", "OUT", "--tolerance", "2"], "error: tolerance = 2.0: must lie in (0, 1)"),
+    ],
+)
+def test_errors_are_one_line_with_status_2(argv, message, runs_csv, tmp_path, capsys):
+    argv = [str(runs_csv) if a == "RUNS" else str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
