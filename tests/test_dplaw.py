@@ -1,0 +1,180 @@
+"""Loss and score laws over the pretraining data D_p (Isik et al. 2024), their predictions and the verdict."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from transfer_scaling.dplaw import (DPLawError, alignment_verdict, analyse_dp, fit_dp_loss, fit_dp_score,
+                                    predict_dp_loss, predict_dp_score)
+
+D_P = np.logspace(6, 10, 9)
+LOSS_LAW = {"E": 1.5, "A": 30.0, "alpha": 0.3}
+SCORE_LAW = {"ln_A": np.log(1e-4), "alpha": 0.8, "beta": 1.5}
+
+
+def true_loss(d_p: np.ndarray) -> np.ndarray:
+    return predict_dp_loss(LOSS_LAW, d_p)
+
+
+def true_score(d_p: np.ndarray) -> np.ndarray:
+    return predict_dp_score(SCORE_LAW, d_p)
+
+
+def noisy(values: np.ndarray, scale: float, seed: int = 0) -> np.ndarray:
+    return values * np.exp(scale * np.random.default_rng(seed).standard_normal(values.size))
+
+
+def test_loss_fit_recovers_the_law_and_predicts_exact_points() -> None:
+    fit = fit_dp_loss(D_P, true_loss(D_P), n_fit=6)
+    for name, value in LOSS_LAW.items():
+        assert fit[name] == pytest.approx(value, rel=1e-6)
+    assert [point["d_p"] for point in fit["held_out"]] == pytest.approx(D_P[6:])
+    assert fit["max_rel_error_held_out"] < 1e-8
+
+
+def test_loss_fit_recovers_the_law_under_small_noise() -> None:
+    fit = fit_dp_loss(D_P, noisy(true_loss(D_P), 1e-3), n_fit=9)
+    assert fit["E"] == pytest.approx(1.5, rel=0.02)
+    assert fit["alpha"] == pytest.approx(0.3, abs=0.03)
+    assert fit["A"] == pytest.approx(30.0, rel=0.3)
+
+
+def test_loss_fit_ignores_the_input_order() -> None:
+    order = np.random.default_rng(1).permutation(D_P.size)
+    shuffled = fit_dp_loss(D_P[order], true_loss(D_P)[order], n_fit=6)
+    assert shuffled["alpha"] == pytest.approx(0.3, rel=1e-6)
+    assert shuffled["fit_points"]["d_p"] == pytest.approx(D_P[:6])
+
+
+def test_score_fit_recovers_the_log_law() -> None:
+    fit = fit_dp_score(D_P, true_score(D_P), n_fit=6)
+    assert fit["alpha"] == pytest.approx(0.8, rel=1e-6)
+    assert fit["beta"] == pytest.approx(1.5, rel=1e-6)
+    assert fit["A"] == pytest.approx(1e-4, rel=1e-5)
+    assert fit["d_p_zero"] == pytest.approx(1e5, rel=1e-5)
+    assert fit["max_rel_error_held_out"] < 1e-8
+    rough = fit_dp_score(D_P, noisy(true_score(D_P), 1e-2), n_fit=9)
+    assert rough["alpha"] == pytest.approx(0.8, rel=0.1)
+    assert rough["beta"] == pytest.approx(1.5, rel=0.1)
+
+
+def test_a_broken_law_at_large_d_p_shows_as_a_large_prediction_error() -> None:
+    loss = true_loss(D_P)
+    loss[6:] += 0.3
+    fit = fit_dp_loss(D_P, loss, n_fit=6)
+    assert fit["max_rel_error_held_out"] > 0.1
+    assert fit["held_out"][-1]["abs_error"] == pytest.approx(0.3, rel=1e-3)
+    score = true_score(D_P)
+    score[6:] = score[5]
+    assert fit_dp_score(D_P, score, n_fit=6)["max_rel_error_held_out"] > 0.2
+
+
+def test_fits_take_well_under_a_second_even_where_the_law_fails() -> None:
+    began = time.perf_counter()
+    assert fit_dp_loss(D_P, noisy(true_loss(D_P), 1e-3), n_fit=6)["converged"]
+    assert fit_dp_score(D_P, noisy(true_score(D_P), 1e-2), n_fit=6)["converged"]
+    fit_dp_score(D_P, 30.0 - 2.0 * np.arange(9), n_fit=6)
+    assert time.perf_counter() - began < 3.0
+
+
+@pytest.mark.parametrize("fit", [fit_dp_loss, fit_dp_score])
+def test_bad_points_are_rejected_with_the_value_at_fault(fit) -> None:
+    values = true_score(D_P)
+    with pytest.raises(DPLawError, match=r"d_p\[2\] = -5.0"):
+        fit(np.where(np.arange(9) == 2, -5.0, D_P), values, 6)
+    with pytest.raises(DPLawError, match="n_fit = 2: must be an integer from 3"):
+        fit(D_P, values, 2)
+    with pytest.raises(DPLawError, match=r"n_fit = 10: .* number of points \(9\)"):
+        fit(D_P, values, 10)
+    with pytest.raises(DPLawError, match="2 distinct D_p"):
+        fit([1e6, 1e6, 1e7, 1e7], values[:4], 4)
+    with pytest.raises(DPLawError, match="has 8"):
+        fit(D_P, values[:8], 6)
+    with pytest.raises(DPLawError, match="needs every fitted value > 0"):
+        fit(D_P, np.where(np.arange(9) == 1, 0.0, values), 6)
+
+
+def test_verdict_agrees_when_loss_falls_and_score_rises() -> None:
+    verdict = alignment_verdict(D_P, noisy(true_loss(D_P), 1e-3), true_score(D_P))
+    assert verdict["verdict"] == "agree"
+    assert verdict["loss"]["trend"] == "improves" and verdict["score"]["trend"] == "improves"
+    assert verdict["best_score_d_p"] == D_P[-1]
+
+
+@pytest.mark.parametrize("shape, trend", [("falls", "worsens"), ("flat", "stalls"), ("dip", "non_monotone")])
+def test_verdict_disagrees_when_the_score_does_not_follow_the_loss(shape: str, trend: str) -> None:
+    score = {"falls": 30.0 - 2.0 * np.arange(9), "flat": 20.0 + 0.1 * np.sin(np.arange(9)),
+             "dip": np.array([5.0, 8, 11, 14, 6, 17, 20, 23, 26])}[shape]
+    verdict = alignment_verdict(D_P, true_loss(D_P), score)
+    assert verdict["verdict"] == "disagree"
+    assert verdict["score"]["trend"] == trend
+    assert verdict["mean_score"] == pytest.approx(score)
+
+
+def test_verdict_tolerates_noise_below_its_tolerance() -> None:
+    score = true_score(D_P)
+    score[4] = score[3] - 0.02 * score.max()
+    assert alignment_verdict(D_P, true_loss(D_P), score)["verdict"] == "agree"
+    assert alignment_verdict(D_P, true_loss(D_P), score, score_rtol=0.01)["verdict"] == "disagree"
+
+
+def test_verdict_needs_an_improving_loss() -> None:
+    loss = true_loss(D_P)[::-1]
+    assert alignment_verdict(D_P, loss, true_score(D_P))["verdict"] == "loss_not_improving"
+
+
+def test_verdict_averages_repeated_d_p() -> None:
+    verdict = alignment_verdict([1e6, 1e6, 1e7], [3.0, 2.8, 2.0], [1.0, 3.0, 5.0])
+    assert verdict["mean_loss"] == pytest.approx([2.9, 2.0])
+    assert verdict["mean_score"] == pytest.approx([2.0, 5.0])
+    with pytest.raises(DPLawError, match="1 distinct D_p"):
+        alignment_verdict([1e6, 1e6], [3.0, 2.8], [1.0, 3.0])
+
+
+def dp_table() -> pd.DataFrame:
+    rows = []
+    for source, n_params in (("text", 1e5), ("code", 4e5)):
+        for seed in (0, 1):
+            loss = noisy(true_loss(D_P), 1e-3, seed)
+            bleu = true_score(D_P) if source == "text" else 30.0 - 2.0 * np.arange(9)
+            for d_p, test_loss, score in zip(D_P, loss, bleu):
+                rows.append({"source": source, "n_params": n_params, "d_f_chars": 3e5, "d_p_tokens": d_p,
+                             "test_loss": test_loss, "bleu": score, "exact_match": 0.0, "seed": seed})
+    return pd.DataFrame(rows)
+
+
+def test_analyse_dp_fits_each_group_and_is_strict_json() -> None:
+    result = analyse_dp(dp_table(), n_fit=6)
+    json.dumps(result, allow_nan=False)
+    groups = {group["source"]: group for group in result["groups"]}
+    assert set(groups) == {"text", "code"}
+    assert groups["text"]["n_points"] == 9
+    assert groups["text"]["loss_fit"]["alpha"] == pytest.approx(0.3, abs=0.05)
+    assert groups["text"]["bleu_fit"]["beta"] == pytest.approx(1.5, rel=1e-3)
+    assert groups["text"]["bleu_verdict"]["verdict"] == "agree"
+    assert groups["code"]["bleu_verdict"]["verdict"] == "disagree"
+    assert "needs every fitted value > 0" in groups["text"]["exact_match_fit"]["error"]
+    assert groups["text"]["exact_match_verdict"]["score"]["trend"] == "stalls"
+
+
+def test_analyse_dp_rejects_bad_tables() -> None:
+    table = dp_table()
+    with pytest.raises(DPLawError, match=r"lacks columns \['bleu'\]"):
+        analyse_dp(table.drop(columns="bleu"), n_fit=6)
+    table.loc[3, "d_p_tokens"] = -1.0
+    with pytest.raises(DPLawError, match="row 3: d_p_tokens = -1.0"):
+        analyse_dp(table, n_fit=6)
+    with pytest.raises(DPLawError, match="n_fit = 2"):
+        analyse_dp(dp_table(), n_fit=2)
+
+
+def test_the_module_does_not_import_torch() -> None:
+    code = "import sys, transfer_scaling.dplaw; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
