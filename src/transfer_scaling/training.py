@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,24 +263,29 @@ def single_process_env() -> None:
             os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
 
 
-def make_optimizer(model: torch.nn.Module, run: TrainSpec) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, lr: float, betas: tuple[float, float],
+                   weight_decay: float) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on biases and LayerNorm gains)."""
     params = list(model.parameters())
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": run.weight_decay},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=run.lr, betas=run.betas)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
-def deepspeed_config(run: TrainSpec, world_size: int) -> dict:
+def deepspeed_config(batch_size: int, world_size: int, grad_clip: float, zero_stage: int, precision: str,
+                     total_params: int) -> dict:
+    """ZeRO buckets sized to the model: the 5e8-element defaults are allocated every step, slow on CPU."""
+    bucket = min(int(5e8), total_params)
     return {
-        "train_batch_size": run.batch_size,
-        "train_micro_batch_size_per_gpu": run.batch_size // world_size,
+        "train_batch_size": batch_size,
+        "train_micro_batch_size_per_gpu": batch_size // world_size,
         "gradient_accumulation_steps": 1,
-        "gradient_clipping": run.grad_clip,
-        "zero_optimization": {"stage": run.zero_stage},
-        "bf16": {"enabled": run.precision == "bf16"},
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": zero_stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket,
+                              "stage3_prefetch_bucket_size": bucket},
+        "bf16": {"enabled": precision == "bf16"},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
@@ -324,12 +330,19 @@ def stop_requests() -> Iterator[list[bool]]:
 
 
 def keep_metrics_through(path: Path, step: int) -> None:
-    """Drop metric lines past ``step`` (written after the checkpoint a run resumes from)."""
+    """Drop metric lines past ``step`` (written after the checkpoint a run resumes from) and any line cut
+    short by a kill."""
     if not path.exists():
         return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError):
+            continue
     with atomic_open(path, "w", encoding="utf-8") as handle:
-        handle.writelines(line for line in lines if line.strip() and json.loads(line)["step"] <= step)
+        handle.writelines(kept)
 
 
 # ------------------------------------------------------------------------------------------- trainer
@@ -342,9 +355,12 @@ class Progress:
     best_step: int = -1
     evals_since_best: int = 0
     wall_seconds: float = 0.0
+    interval_losses: list[float] = dataclasses.field(default_factory=list)
 
 
 class Trainer:
+    """One run on one rank: the engine, the data, and the progress that checkpoints carry."""
+
     def __init__(self, run: TrainSpec, out_dir: Path) -> None:
         self.run = run
         self.out_dir = out_dir
@@ -367,16 +383,18 @@ class Trainer:
         if run.init_from is not None:
             load_weights(model, run.init_from)
         self.n_params = n_params(model)
-        self.optimizer = make_optimizer(model, run)
-        self.engine, *_ = self.deepspeed.initialize(
-            model=model, optimizer=self.optimizer, config=deepspeed_config(run, self.world_size))
+        self.optimizer = make_optimizer(model, run.lr, run.betas, run.weight_decay)
+        config = deepspeed_config(run.batch_size, self.world_size, run.grad_clip, run.zero_stage, run.precision,
+                                  sum(p.numel() for p in model.parameters()))
+        warnings.filterwarnings("ignore", message=".*(reduce_scatter_tensor|all_gather_into_tensor).* deprecated",
+                                category=FutureWarning)
+        self.engine, *_ = self.deepspeed.initialize(model=model, optimizer=self.optimizer, config=config)
         if run.zero_stage == 3:
             self.deepspeed.zero.register_external_parameter(self.engine.module, self.engine.module.tok_emb.weight)
         self.is_main = self.engine.global_rank == 0
         self.metrics: Any = None
         self.progress = Progress()
         self.pending: list[tuple[int, torch.Tensor]] = []
-        self.interval_losses: list[float] = []
         self.last_finite_loss: float | None = None
 
     @property
@@ -414,7 +432,7 @@ class Trainer:
                     f"loss became {loss} at step {step} (lr {learning_rate(self.run, step):.3g}); "
                     f"last finite loss {self.last_finite_loss}; no checkpoint written for this step")
             self.last_finite_loss = loss
-            self.interval_losses.append(loss)
+            self.progress.interval_losses.append(loss)
         self.pending.clear()
 
     @torch.no_grad()
@@ -430,6 +448,7 @@ class Trainer:
         return total.item() / (len(self.val_starts) * self.run.model.n_ctx)
 
     def module_state(self) -> dict[str, torch.Tensor]:
+        """Full module weights; under ZeRO-3 they are gathered from the shards (a collective on every rank)."""
         module = self.engine.module
         if self.run.zero_stage == 3:
             with self.deepspeed.zero.GatheredParameters(list(module.parameters())):
@@ -445,9 +464,9 @@ class Trainer:
     def log_train(self, interval_seconds: float, interval_steps: int) -> None:
         self.check_losses()
         step, lr = self.progress.step, learning_rate(self.run, self.progress.step - 1)
-        train_loss = sum(self.interval_losses) / len(self.interval_losses)
+        train_loss = sum(self.progress.interval_losses) / len(self.progress.interval_losses)
         rate = interval_steps * self.run.batch_size * self.run.model.n_ctx / interval_seconds
-        self.interval_losses.clear()
+        self.progress.interval_losses.clear()
         self.info("step %d  tokens %d  train loss %.4f  lr %.3g  %.0f tokens/s",
                   step, self.tokens_seen, train_loss, lr, rate)
         self.record({"event": "train", "step": step, "tokens_seen": self.tokens_seen, "train_loss": train_loss,
@@ -519,6 +538,18 @@ class Trainer:
         if self.is_main:
             logger.info(message, *args)
 
+    def check_replicas_agree(self) -> None:
+        """Data parallelism must leave identical parameters on every rank (ZeRO-3 shards them instead)."""
+        if self.world_size == 1 or self.run.zero_stage == 3:
+            return
+        flat = torch.cat([p.detach().double().flatten() for p in self.engine.module.parameters()])
+        highest, lowest = flat.clone(), flat.clone()
+        dist.all_reduce(highest, op=dist.ReduceOp.MAX)
+        dist.all_reduce(lowest, op=dist.ReduceOp.MIN)
+        if not torch.equal(highest, lowest):
+            raise RuntimeError(f"parameters differ across the {self.world_size} ranks after training")
+        self.info("parameters identical on all %d ranks", self.world_size)
+
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
@@ -527,7 +558,7 @@ class Trainer:
         """Agree across ranks, so that every rank joins the checkpoint collective."""
         requested = flag[0] or self.progress.step == self.run.stop_after_steps
         if self.world_size > 1:
-            vote = torch.tensor(float(requested))
+            vote = torch.tensor(float(requested), device=self.engine.device)
             dist.all_reduce(vote, op=dist.ReduceOp.MAX)
             requested = bool(vote.item())
         return requested
@@ -554,6 +585,7 @@ class Trainer:
             "wall_seconds": progress.wall_seconds, "tokens_per_second": self.tokens_seen / progress.wall_seconds,
             "seed": run.seed,
         }
+        self.check_replicas_agree()
         if self.is_main:
             write_json(self.out_dir / "summary.json", summary)
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)

@@ -1,0 +1,264 @@
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from transfer_scaling import training
+from transfer_scaling.io import read_json
+from transfer_scaling.model import GPT, GPTConfig, WeightsMismatchError, load_weights
+from transfer_scaling.tokens import write_token_array
+from transfer_scaling.training import (SpecError, TrainingDiverged, TrainingInterrupted, batch_starts,
+                                       learning_rate, parse_spec, train, validation_starts, windows)
+
+EOT_ID = 256
+TIMING_KEYS = ("wall_seconds", "tokens_per_second")
+
+
+def write_bytes_tokens(path: Path, sources: list[str]) -> Path:
+    """Byte-level token array (ids 0-255, end-of-document 256) of real Python source files."""
+    texts = [Path(source).read_bytes() for source in sources]
+    ids = np.concatenate([np.append(np.frombuffer(t, dtype=np.uint8).astype(np.uint16), EOT_ID) for t in texts])
+    write_token_array(path, ids, chars=sum(len(t.decode("utf-8")) for t in texts))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tokens")
+    return {
+        "train": write_bytes_tokens(root / "train.bin", [argparse.__file__, json.decoder.__file__]),
+        "val": write_bytes_tokens(root / "val.bin", [textwrap.__file__]),
+        "tiny": write_bytes_tokens(root / "tiny.bin", [json.__file__])
+    }
+
+
+def make_spec(data: dict[str, Path], **overrides) -> dict:
+    spec = {
+        "kind": "scratch", "model": {"n_layer": 1, "d_model": 16, "n_head": 2, "n_ctx": 32, "vocab_size": 257},
+        "train_tokens": str(data["train"]), "val_tokens": str(data["val"]), "init_from": None,
+        "seed": 3, "batch_size": 4, "threads": 1, "lr": 3e-3, "min_lr_ratio": 0.1, "warmup_steps": 4,
+        "weight_decay": 0.1, "grad_clip": 1.0, "betas": [0.9, 0.95], "max_steps": 30, "min_steps": 0,
+        "eval_interval": 10, "eval_tokens": 256, "patience": 5, "checkpoint_interval": 10, "log_interval": 5,
+        "precision": "fp32", "zero_stage": 0,
+    }
+    return {**spec, **overrides}
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
+
+
+def without_timing(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in TIMING_KEYS}
+
+
+# ------------------------------------------------------------------------------------ spec and data
+@pytest.mark.parametrize("change,message", [
+    ({"lr": None}, "'lr'"),
+    ({"batch_size": 0}, "'batch_size' must be an integer >= 1"),
+    ({"precision": "fp16"}, "'precision' must be one of"),
+    ({"zero_stage": 4}, "'zero_stage'"),
+    ({"betas": [0.9]}, "'betas'"),
+    ({"model": {"n_layer": 1, "d_model": 30, "n_head": 4, "n_ctx": 32, "vocab_size": 257}}, "not divisible"),
+    ({"min_steps": 50}, "'min_steps' \\(50\\) exceeds 'max_steps' \\(30\\)"),
+    ({"kind": "finetune"}, "'init_from'"),
+    ({"init_from": "x.safetensors"}, "'init_from'"),
+    ({"learning_rate": 1e-3}, "unknown keys \\['learning_rate'\\]"),
+])
+def test_spec_errors_name_the_key(data, change: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        parse_spec(make_spec(data, **change))
+
+
+def test_missing_key_is_named(data) -> None:
+    spec = make_spec(data)
+    del spec["patience"]
+    with pytest.raises(SpecError, match="missing keys \\['patience'\\]"):
+        parse_spec(spec)
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor(data) -> None:
+    run = parse_spec(make_spec(data, lr=1e-3, warmup_steps=10, max_steps=110, min_lr_ratio=0.1))
+    assert learning_rate(run, 0) == pytest.approx(1e-4)
+    assert learning_rate(run, 9) == pytest.approx(1e-3)
+    assert learning_rate(run, 60) == pytest.approx(0.55e-3)
+    assert learning_rate(run, 110) == pytest.approx(1e-4)
+    rates = [learning_rate(run, s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+
+
+def test_batches_depend_on_seed_and_step_only() -> None:
+    first = batch_starts(0, 7, 1000, 32, 8)
+    assert np.array_equal(first, batch_starts(0, 7, 1000, 32, 8))
+    assert not np.array_equal(first, batch_starts(0, 8, 1000, 32, 8))
+    assert not np.array_equal(first, batch_starts(1, 7, 1000, 32, 8))
+    assert first.min() >= 0 and first.max() <= 1000 - 33
+    tokens = np.arange(100, dtype=np.uint16)
+    x, y = windows(tokens, np.array([0, 50]), 8)
+    assert x.tolist()[1] == list(range(50, 58)) and y.tolist()[1] == list(range(51, 59))
+
+
+def test_validation_windows_are_fixed_and_spread() -> None:
+    starts = validation_starts(10_000, 32, 320)
+    assert len(starts) == 10 and starts[0] == 0 and starts[-1] == 10_000 - 33
+    everything = validation_starts(1000, 32, 10**9)
+    assert len(everything) == 999 // 32 and np.all(np.diff(everything) >= 32)
+
+
+def test_train_array_shorter_than_a_window_is_refused(data, tmp_path) -> None:
+    short = tmp_path / "short.bin"
+    write_token_array(short, np.arange(20, dtype=np.uint16), chars=20)
+    with pytest.raises(SpecError, match="fewer than n_ctx \\+ 1 = 33"):
+        train(make_spec(data, train_tokens=str(short)), tmp_path / "run")
+
+
+def test_token_outside_the_vocabulary_is_refused(data, tmp_path) -> None:
+    model = {"n_layer": 1, "d_model": 16, "n_head": 2, "n_ctx": 32, "vocab_size": 256}
+    with pytest.raises(SpecError, match="token id 256 is outside the model vocabulary"):
+        train(make_spec(data, model=model), tmp_path / "run")
+
+
+def test_batch_not_divisible_by_world_size_is_refused(data, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(SpecError, match="'batch_size' \\(4\\) is not divisible by the world size \\(3\\)"):
+        train(make_spec(data), tmp_path / "run")
+
+
+# ------------------------------------------------------------------------------------ training runs
+@pytest.mark.slow
+def test_run_writes_outputs_and_is_deterministic(data, tmp_path) -> None:
+    first = train(make_spec(data), tmp_path / "a")
+    second = train(make_spec(data), tmp_path / "b")
+    assert without_timing(first) == without_timing(second)
+    assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
+    assert (tmp_path / "a/best.safetensors").read_bytes() == (tmp_path / "b/best.safetensors").read_bytes()
+    assert first["steps"] == 30 and first["tokens_seen"] == 30 * 4 * 32 and first["stop_reason"] == "max_steps"
+    assert first["best_val_loss"] < math.log(257) - 1
+    assert read_json(tmp_path / "a/summary.json") == first
+    assert read_json(tmp_path / "a/model.json") == {**make_spec(data)["model"], "n_params": first["n_params"]}
+    assert not (tmp_path / "a/checkpoint").exists()
+    metrics = read_metrics(tmp_path / "a")
+    assert [m["step"] for m in metrics if m["event"] == "eval"] == [0, 10, 20, 30]
+    assert [m["step"] for m in metrics if m["event"] == "train"] == [5, 10, 15, 20, 25, 30]
+    other_seed = train(make_spec(data, seed=4), tmp_path / "c")
+    assert other_seed["best_val_loss"] != first["best_val_loss"]
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_is_bit_identical(data, tmp_path) -> None:
+    spec = make_spec(data, max_steps=40, eval_interval=5, checkpoint_interval=10)
+    reference = train(spec, tmp_path / "a")
+    with pytest.raises(TrainingInterrupted):
+        train({**spec, "stop_after_steps": 17}, tmp_path / "b")
+    assert read_json(tmp_path / "b/checkpoint/complete.json")["step"] == 17
+    assert max(m["step"] for m in read_metrics(tmp_path / "b")) == 15
+    with (tmp_path / "b/metrics.jsonl").open("a") as handle:
+        handle.write(json.dumps({"event": "train", "step": 18, "train_loss": 0.0}) + '\n{"event": "tr')
+    resumed = train(spec, tmp_path / "b")
+    assert without_timing(resumed) == without_timing(reference)
+    assert read_metrics(tmp_path / "b") == read_metrics(tmp_path / "a")
+    assert (tmp_path / "a/best.safetensors").read_bytes() == (tmp_path / "b/best.safetensors").read_bytes()
+    assert not (tmp_path / "b/checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_early_stopping_waits_for_min_steps_and_patience(data, tmp_path) -> None:
+    overfit = make_spec(data, train_tokens=str(data["tiny"]), lr=1e-2, warmup_steps=0, max_steps=400,
+                        eval_interval=10, patience=2, checkpoint_interval=1000)
+    stopped = train(overfit, tmp_path / "a")
+    assert stopped["stop_reason"] == "early_stopping"
+    assert stopped["steps"] == stopped["best_step"] + 20
+    held = train({**overfit, "min_steps": stopped["steps"] + 50}, tmp_path / "b")
+    assert held["steps"] >= stopped["steps"] + 50
+    assert read_metrics(tmp_path / "b")[:len(read_metrics(tmp_path / "a"))] == read_metrics(tmp_path / "a")
+
+
+@pytest.mark.slow
+def test_divergence_stops_with_step_lr_and_last_finite_loss(data, tmp_path) -> None:
+    with pytest.raises(TrainingDiverged, match=r"at step 1 \(lr 1e\+30\); last finite loss 5\.\d+"):
+        train(make_spec(data, lr=1e30, min_lr_ratio=1.0, warmup_steps=0, grad_clip=0.0,
+                        checkpoint_interval=2), tmp_path / "run")
+    assert not (tmp_path / "run/checkpoint").exists()
+    assert not (tmp_path / "run/summary.json").exists()
+
+
+@pytest.mark.slow
+def test_finetune_starts_from_the_pretrained_weights(data, tmp_path) -> None:
+    pretrained = train(make_spec(data, kind="pretrain"), tmp_path / "pre")
+    weights = str(tmp_path / "pre/best.safetensors")
+    finetuned = train(make_spec(data, kind="finetune", init_from=weights, max_steps=5), tmp_path / "ft")
+    first_eval = read_metrics(tmp_path / "ft")[0]
+    assert first_eval["step"] == 0 and first_eval["val_loss"] == pretrained["best_val_loss"]
+    assert finetuned["best_val_loss"] <= pretrained["best_val_loss"]
+    wider = {"n_layer": 1, "d_model": 32, "n_head": 2, "n_ctx": 32, "vocab_size": 257}
+    with pytest.raises(WeightsMismatchError, match="pre/best.safetensors"):
+        train(make_spec(data, kind="finetune", init_from=weights, model=wider), tmp_path / "bad")
+
+
+@pytest.mark.slow
+def test_zero_stage_2_matches_stage_0(data, tmp_path) -> None:
+    spec = make_spec(data, max_steps=20)
+    stage0 = train(spec, tmp_path / "stage0")
+    stage2 = train({**spec, "zero_stage": 2}, tmp_path / "stage2")
+    assert stage2["best_val_loss"] == pytest.approx(stage0["best_val_loss"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_zero_stage_3_bf16_trains_and_saves_gathered_weights(data, tmp_path) -> None:
+    summary = train(make_spec(data, zero_stage=3, precision="bf16"), tmp_path / "run")
+    initial = read_metrics(tmp_path / "run")[0]["val_loss"]
+    assert summary["best_val_loss"] < initial - 0.5
+    model = GPT(GPTConfig(**make_spec(data)["model"]))
+    load_weights(model, tmp_path / "run/best.safetensors")
+    assert all(p.abs().sum() > 0 for name, p in model.named_parameters() if name.endswith("weight"))
+
+
+def run_cli(spec: dict, out: Path, launcher: list[str]) -> subprocess.Popen:
+    spec_path = out.parent / f"{out.name}.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    command = [*launcher, "-m", "transfer_scaling.training", "--spec", str(spec_path), "--out", str(out)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_for_resume(data, tmp_path) -> None:
+    process = run_cli(make_spec(data, max_steps=10**6, eval_interval=10**5), tmp_path / "run", [sys.executable])
+    metrics = tmp_path / "run/metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.exists() and metrics.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == training.INTERRUPTED_EXIT_CODE, output
+    assert "received SIGTERM" in output and "rerun to resume" in output
+    assert read_json(tmp_path / "run/checkpoint/complete.json")["step"] > 0
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_with_the_same_global_batch(data, tmp_path) -> None:
+    spec = make_spec(data, max_steps=20, log_interval=20, eval_interval=20)
+    single = train(spec, tmp_path / "one")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    process = run_cli(spec, tmp_path / "two", torchrun)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert "parameters identical on all 2 ranks" in output
+    double = read_json(tmp_path / "two/summary.json")
+    assert double["steps"] == single["steps"]
+    assert double["best_val_loss"] == pytest.approx(single["best_val_loss"], abs=1e-5)
+    one, two = ([m["train_loss"] for m in read_metrics(tmp_path / run) if m["event"] == "train"]
+                for run in ("one", "two"))
+    assert len(one) == len(two) == 1
+    assert two[0] == pytest.approx(one[0], abs=1e-5)
