@@ -62,6 +62,7 @@ BAD_CONFIGS = [
     ("finetune.d_f_chars", [1000, -5], "config key 'finetune.d_f_chars.1': value -5"),
     ("scratch.d_chars", [1000], "config key 'scratch.d_chars'"),
     ("scratch", _DELETE, "'scratch' is a required property"),
+    ("tokenizer.vocab_size", 4096, "vocab_size and train_chars apply to kind bpe only"),
     ("tokenizer.kind", "wordpiece", "value 'wordpiece' is not one of ['byte', 'bpe']"),
     ("corpora.text.files.0.sha256", "abc", "config key 'corpora.text.files.0"),
     ("corpora.text.files.0.index", "cran", "config key 'corpora.text.files.0"),

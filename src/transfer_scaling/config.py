@@ -46,6 +46,8 @@ def _describe(error: ValidationError) -> str:
         return f"config key '{key}': unknown key(s) {', '.join(map(repr, extra))}{hint}"
     if best.validator == "enum":
         return f"config key '{key}': value {best.instance!r} is not one of {best.validator_value}"
+    if best.validator == "not" and "description" in best.schema:
+        return f"config key '{key}': {best.schema['description']} (got {best.instance!r})"
     if best.validator == "required":
         return f"config key '{key}': {best.message}"
     return f"config key '{key}': value {best.instance!r} is invalid: {best.message}"

@@ -128,6 +128,15 @@ def _primary(fit: dict[str, Any], source: str) -> tuple[str, dict[str, Any]] | t
         return None, str(error)
 
 
+def _no_points(axis: plt.Axes, points: pd.DataFrame) -> None:
+    """Say on the panel why it is empty (the statuses of the points), instead of failing on a log axis."""
+    counts = points["status"].value_counts().to_dict() if len(points) else {}
+    reason = ", ".join(f"{count} {status}" for status, count in sorted(counts.items())) or "no fine-tuned runs"
+    axis.text(0.5, 0.5, f"no point with D_T > 0 to fit\n({reason})", ha="center", va="center",
+              transform=axis.transAxes)
+    axis.set_axis_off()
+
+
 def transferred_vs_finetune(fit: dict[str, Any], points: pd.DataFrame, draws: pd.DataFrame) -> plt.Figure:
     """D_T vs D_F per N (log-log) with the fitted law and its 95% bootstrap band."""
     sources = sorted(fit["sources"])
@@ -152,6 +161,9 @@ def transferred_vs_finetune(fit: dict[str, Any], points: pd.DataFrame, draws: pd
                 axis.fill_between(d_f, low, high, color=colour, alpha=0.15, lw=0)
         title = (f"{source}: D_T = {block['k']:.3g} D_F^{block['alpha']:.3f} N^{block['beta']:.3f} "
                  f"({FIT_NAMES[method]})" if method else f"{source}: {block}")
+        if mine.empty and method is None:
+            _no_points(axis, points[points["source"] == source])
+            continue
         axis.set(xscale="log", yscale="log", xlabel=LABELS["d_f_chars"], ylabel=LABELS["d_transferred"])
         axis.set_title(title, fontsize="small")
         axis.legend(fontsize="small")
@@ -173,6 +185,9 @@ def fraction_vs_params(fit: dict[str, Any], points: pd.DataFrame) -> plt.Figure:
             if method is not None:
                 ratio = fitting.transferred_data(block["k"], block["alpha"], block["beta"], n_grid, d_f) / d_f
                 axis.plot(n_grid, ratio / (1 + ratio), color=colour)
+        if mine.empty and method is None:
+            _no_points(axis, points[points["source"] == source])
+            continue
         axis.set(xscale="log", yscale="logit", xlabel=LABELS["n_params"], ylabel=LABELS["fraction"], title=source)
         axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
         axis.yaxis.set_minor_formatter(NullFormatter())

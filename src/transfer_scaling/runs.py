@@ -23,44 +23,49 @@ RUN_COLUMNS = [
 ]
 
 
-def trainer_spec(run: dict, train: Path, validation: Path, tokenizer: Path, init_from: Path | None,
-                 threads: int, source: str | None, size: str) -> dict:
-    """Join a run's settings (from the config) with its files into what the trainer takes."""
+def run_record(run: dict, train: Path, validation: Path, tokenizer: Path, init_from: Path | None,
+               threads: int, source: str | None, size: str) -> dict:
+    """Join a run's settings (from the config) with its files: the trainer's spec plus what names the run."""
     _, train_meta = load_token_array(train, verify_hash=False)
     vocab_size = int(read_json(tokenizer)["vocab_size"])
     options = dict(run["options"])
     max_steps = step_budget(options, train_meta["tokens"], run["model"]["n_ctx"])
     options.pop("max_epochs")
     options.update(max_steps=max_steps, threads=threads)
-    return {
+    trainer = {
         "kind": run["kind"],
-        "source": source,
-        "size": size,
         "seed": run["seed"],
         "model": {**run["model"], "vocab_size": vocab_size},
         "train_tokens": str(train),
         "val_tokens": str(validation),
         "init_from": str(init_from) if init_from else None,
+        **options,
+    }
+    return {
+        "source": source,
+        "size": size,
         "data_chars": int(train_meta["chars"]),
         "data_tokens": int(train_meta["tokens"]),
-        **options,
+        "package_version": run["package_version"],
+        "trainer": trainer,
     }
 
 
-def run_row(run: str, spec: dict, summary: dict, model: dict, evaluation: dict) -> dict:
+def run_row(run: str, record: dict, summary: dict, model: dict, evaluation: dict) -> dict:
     """One row of the runs table. Data is in characters (the paper's unit); compute is 6 * N * tokens."""
     n_params = int(model["n_params"])
     tokens_seen = int(summary["tokens_seen"])
+    spec = record["trainer"]
     if spec["kind"] == "pretrain":
-        # Pretraining sees its data several times or in part: count the characters it read.
-        data_chars = round(tokens_seen * spec["data_chars"] / spec["data_tokens"])
+        # Pretraining reads its data in part or several times over: count the characters it read.
+        data_chars = round(tokens_seen * record["data_chars"] / record["data_tokens"])
     else:
-        data_chars = int(spec["data_chars"])
+        data_chars = int(record["data_chars"])
     return {
         "run": run,
         "kind": spec["kind"],
-        "source": spec["source"] or "",
-        "size": spec["size"],
+        "source": record["source"] or "",
+        "size": record["size"],
         "n_params": n_params,
         "n_layer": spec["model"]["n_layer"],
         "d_model": spec["model"]["d_model"],

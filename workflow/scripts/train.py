@@ -4,11 +4,11 @@ from pathlib import Path
 
 from transfer_scaling.io import write_json
 from transfer_scaling.logs import log_to_file
-from transfer_scaling.runs import trainer_spec
+from transfer_scaling.runs import run_record
 from transfer_scaling.training import train
 
 log_to_file(snakemake.log[0])
-spec = trainer_spec(
+record = run_record(
     snakemake.params.spec,
     train=Path(snakemake.input.train),
     validation=Path(snakemake.input.validation),
@@ -19,5 +19,5 @@ spec = trainer_spec(
     size=snakemake.wildcards.size,
 )
 out_dir = Path(snakemake.output.summary).parent
-write_json(snakemake.output.spec, spec)
-train(spec, out_dir)
+write_json(snakemake.output.spec, record)
+train(record["trainer"], out_dir)
