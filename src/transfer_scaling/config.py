@@ -127,6 +127,13 @@ def check_cross_fields(config: dict) -> None:
             raise ConfigError(
                 f"config key '{kind}.options': min_steps {options['min_steps']} exceeds max_steps {options['max_steps']}"
             )
+    pretrain = run_options(config, "pretrain")
+    if pretrain["snapshot_steps"] and pretrain["patience"] * pretrain["eval_interval"] < pretrain["max_steps"]:
+        raise ConfigError(
+            "config key 'pretrain.snapshots': snapshots need pretraining to run its whole budget, but "
+            f"early stopping could end it after patience {pretrain['patience']} x eval_interval "
+            f"{pretrain['eval_interval']} steps < {pretrain['max_steps']}; raise pretrain.options.patience"
+        )
     if len(config["scratch"]["d_chars"]) < 2:
         raise ConfigError("config key 'scratch.d_chars': needs at least two values per N to interpolate D_E")
 
@@ -158,7 +165,30 @@ def run_options(config: dict, kind: str) -> dict:
         tokens_per_step = options["batch_size"] * config["context"]
         options["max_steps"] = max(1, math.ceil(config["pretrain"]["tokens"] / tokens_per_step))
         options["min_steps"] = min(options["min_steps"], options["max_steps"])
+    if kind == "pretrain":
+        options["snapshot_steps"] = snapshot_steps(config.get("pretrain", {}).get("snapshots"), options["max_steps"])
     return options
+
+
+def snapshot_steps(snapshots: dict | None, max_steps: int) -> list[int]:
+    """Geometrically spaced steps ending at ``max_steps`` (distinct after rounding), or none."""
+    if not snapshots:
+        return []
+    count, orders = snapshots["count"], snapshots["orders"]
+    exponents = [orders * (i / (count - 1) - 1) for i in range(count)]
+    steps = sorted({max(1, round(max_steps * 10**exponent)) for exponent in exponents})
+    if len(steps) < count:
+        raise ConfigError(
+            f"config key 'pretrain.snapshots': {count} points over {orders} orders of magnitude of "
+            f"{max_steps} steps collide after rounding; use fewer points or more pretraining tokens"
+        )
+    return steps
+
+
+def snapshot_tokens(config: dict) -> list[int]:
+    """Tokens seen at each pretraining snapshot (names the D_p points)."""
+    options = run_options(config, "pretrain")
+    return [step * options["batch_size"] * config["context"] for step in options["snapshot_steps"]]
 
 
 def step_budget(options: dict, train_tokens: int, n_ctx: int) -> int:

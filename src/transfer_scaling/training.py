@@ -127,6 +127,15 @@ def _optional_steps(key: str, value: Any) -> int | None:
     return None if value is None else _integer(1)(key, value)
 
 
+def _step_list(key: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise SpecError(f"spec key {key!r} must be a list of steps, got {value!r}")
+    steps = tuple(_integer(1)(key, step) for step in value)
+    if list(steps) != sorted(set(steps)):
+        raise SpecError(f"spec key {key!r} must list distinct steps in increasing order, got {list(steps)}")
+    return steps
+
+
 SPEC_CHECKS: dict[str, Check] = {
     "kind": _choice(KINDS),
     "model": _model,
@@ -152,8 +161,9 @@ SPEC_CHECKS: dict[str, Check] = {
     "precision": _choice(PRECISIONS),
     "zero_stage": _integer(0, ZERO_STAGES),
     "stop_after_steps": _optional_steps,
+    "snapshot_steps": _step_list,
 }
-OPTIONAL_KEYS = {"stop_after_steps": None}
+OPTIONAL_KEYS = {"stop_after_steps": None, "snapshot_steps": ()}
 
 
 @dataclass(frozen=True)
@@ -184,6 +194,7 @@ class TrainSpec:
     precision: str
     zero_stage: int
     stop_after_steps: int | None = None
+    snapshot_steps: tuple[int, ...] = ()
 
 
 def parse_spec(spec: dict) -> TrainSpec:
@@ -198,6 +209,9 @@ def parse_spec(spec: dict) -> TrainSpec:
     run = TrainSpec(**values)
     if run.min_steps > run.max_steps:
         raise SpecError(f"spec key 'min_steps' ({run.min_steps}) exceeds 'max_steps' ({run.max_steps})")
+    if run.snapshot_steps and run.snapshot_steps[-1] > run.max_steps:
+        raise SpecError(f"spec key 'snapshot_steps': step {run.snapshot_steps[-1]} is beyond max_steps "
+                        f"({run.max_steps})")
     if (run.kind == "finetune") != (run.init_from is not None):
         raise SpecError(f"spec key 'init_from' must be a weights path for kind 'finetune' and null otherwise; "
                         f"got kind {run.kind!r} with init_from={spec['init_from']!r}")
@@ -358,6 +372,11 @@ class Progress:
     interval_losses: list[float] = dataclasses.field(default_factory=list)
 
 
+def snapshot_path(out_dir: Path, tokens_seen: int) -> Path:
+    """Weights after ``tokens_seen`` training tokens (the D_p axis of Isik et al. 2024)."""
+    return Path(out_dir) / "snapshots" / f"tokens{tokens_seen}.safetensors"
+
+
 class Trainer:
     """One run on one rank: the engine, the data, and the progress that checkpoints carry."""
 
@@ -447,6 +466,18 @@ class Trainer:
         self.engine.train()
         return total.item() / (len(self.val_starts) * self.run.model.n_ctx)
 
+    def save_snapshot(self) -> None:
+        """Weights at a configured step, kept whatever early stopping later decides."""
+        state = self.module_state()
+        if self.is_main:
+            save_weights(state, snapshot_path(self.out_dir, self.tokens_seen))
+        self.info("snapshot written at step %d (%d tokens)", self.progress.step, self.tokens_seen)
+
+    def kept_files(self) -> list[Path]:
+        """Outputs written before a checkpoint that a resumed run must find again (best weights, snapshots)."""
+        snapshots = sorted((self.out_dir / "snapshots").glob("tokens*.safetensors"))
+        return [self.best_path, *snapshots]
+
     def module_state(self) -> dict[str, torch.Tensor]:
         """Full module weights; under ZeRO-3 they are gathered from the shards (a collective on every rank)."""
         module = self.engine.module
@@ -500,9 +531,11 @@ class Trainer:
         client_state = {"progress": dataclasses.asdict(self.progress), "rng": rng_states()}
         self.engine.save_checkpoint(str(self.checkpoint_dir), tag=tag, client_state=client_state, save_latest=False)
         if self.is_main:
-            kept_best = self.checkpoint_dir / tag / self.best_path.name
-            kept_best.unlink(missing_ok=True)
-            os.link(self.best_path, kept_best)
+            for kept in self.kept_files():
+                link = self.checkpoint_dir / tag / "kept" / kept.relative_to(self.out_dir)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.unlink(missing_ok=True)
+                os.link(kept, link)
         self.barrier()
         if self.is_main:
             write_json(self.checkpoint_dir / "complete.json", {"tag": tag, "step": self.progress.step})
@@ -522,8 +555,10 @@ class Trainer:
             self.progress = Progress(**client_state["progress"])
             restore_rng_states(client_state["rng"])
             if self.is_main:
-                with atomic_path(self.best_path) as tmp:
-                    shutil.copyfile(self.checkpoint_dir / tag / self.best_path.name, tmp)
+                kept_dir = self.checkpoint_dir / tag / "kept"
+                for kept in sorted(kept_dir.rglob("*.safetensors")):
+                    with atomic_path(self.out_dir / kept.relative_to(kept_dir)) as tmp:
+                        shutil.copyfile(kept, tmp)
             self.info("resumed from checkpoint %s at step %d", tag, self.progress.step)
             resumed_step = self.progress.step
         else:
@@ -578,6 +613,10 @@ class Trainer:
             if self.metrics is not None:
                 self.metrics.close()
         progress = self.progress
+        missed = [step for step in run.snapshot_steps if step > progress.step]
+        if missed:
+            raise RuntimeError(f"training stopped ({stop_reason}) at step {progress.step}, before snapshot "
+                                f"steps {missed}; disable early stopping (larger patience) for runs with snapshots")
         progress.wall_seconds = wall_before + time.perf_counter() - started
         summary = {
             "kind": run.kind, "n_params": self.n_params, "steps": progress.step, "tokens_seen": self.tokens_seen,
@@ -603,6 +642,8 @@ class Trainer:
         while progress.step < run.max_steps:
             self.train_step()
             step = progress.step
+            if step in run.snapshot_steps:
+                self.save_snapshot()
             if step % run.log_interval == 0:
                 now = time.perf_counter()
                 self.log_train(now - last_log_time, step - last_log_step)

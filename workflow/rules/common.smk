@@ -7,7 +7,7 @@ jobs it touches (params are one of Snakemake's re-run triggers).
 import re
 
 import transfer_scaling
-from transfer_scaling.config import model_shapes, run_options
+from transfer_scaling.config import model_shapes, run_options, snapshot_tokens
 
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
@@ -21,6 +21,7 @@ SIZES = list(MODELS)
 D_F_CHARS = config["finetune"]["d_f_chars"]
 D_SCRATCH_CHARS = config["scratch"]["d_chars"]
 SEEDS = config["seeds"]
+SNAPSHOT_TOKENS = snapshot_tokens(config)
 RUN_FILES = ("spec.json", "best.safetensors", "model.json", "summary.json", "metrics.jsonl")
 
 
@@ -44,6 +45,13 @@ wildcard_constraints:
 def run_outputs(run_dir):
     """Named outputs of a training run (named, so the output cache can store several files)."""
     return {name.split(".")[0]: f"{run_dir}/{name}" for name in RUN_FILES}
+
+
+def pretrain_outputs():
+    """A pretraining run's files plus its D_p snapshots (weights after a given number of tokens)."""
+    run_dir = pretrain_dir()
+    snapshots = {f"snapshot_{tokens}": f"{run_dir}/snapshots/tokens{tokens}.safetensors" for tokens in SNAPSHOT_TOKENS}
+    return {**run_outputs(run_dir), **snapshots}
 
 
 def pretrain_dir():

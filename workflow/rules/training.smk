@@ -12,7 +12,7 @@ rule pretrain:
         validation=tokens_file("{source}", "validation"),
         tokenizer=TOKENIZER,
     output:
-        **run_outputs(pretrain_dir()),
+        **pretrain_outputs(),
     params:
         spec=pretrain_spec,
     log:
