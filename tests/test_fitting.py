@@ -23,17 +23,21 @@ def true_loss(n_params, d_chars):
     return 0.8 + 30.0 / np.power(n_params, 0.35) + 95.0 / np.power(d_chars, 0.5)
 
 
-def synthetic_runs(seed: int = 0, noise: float = 0.005, finetune_seeds: int = 2) -> pd.DataFrame:
-    """Scratch runs on the true L(N, D); fine-tuned runs at L(N, D_F + k D_F^alpha N^beta) with multiplicative
-    noise; one pretraining run per N (its compute is reported apart)."""
-    rng = np.random.default_rng(seed)
+def synthetic_runs(seed: int = 0, noise: float = 0.005, finetune_seeds: int = 2, scratch_noise: float = 0.0,
+                   scratch_seeds: int = 1) -> pd.DataFrame:
+    """Scratch runs on the true L(N, D) and fine-tuned runs at L(N, D_F + k D_F^alpha N^beta), each with its own
+    multiplicative noise (scratch noise from a stream of its own); one pretraining run per N (its compute is
+    reported apart)."""
+    rng, scratch_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     rows = []
     for n_params in N_VALUES:
         rows.append({"kind": "pretrain", "source": "text", "n_params": n_params, "data_chars": 1e8,
                      "test_loss": 1.0, "compute": 6 * n_params * 3e7})
         for d_chars in np.logspace(4, 8.5, 10):
-            rows.append({"kind": "scratch", "source": "", "n_params": n_params, "data_chars": d_chars, "seed": 0,
-                         "test_loss": true_loss(n_params, d_chars), "compute": 6 * n_params * d_chars})
+            for seed_index in range(scratch_seeds):
+                loss = true_loss(n_params, d_chars) * (1 + scratch_noise * scratch_rng.standard_normal())
+                rows.append({"kind": "scratch", "source": "", "n_params": n_params, "data_chars": d_chars,
+                             "seed": seed_index, "test_loss": loss, "compute": 6 * n_params * d_chars})
         for d_f in D_F_VALUES:
             d_effective = d_f + fitting.transferred_data(**TRUE_LAW, n_params=n_params, d_f_chars=d_f)
             for seed_index in range(finetune_seeds):
@@ -68,17 +72,20 @@ def test_check_values_of_section_6_2():
     assert 300**0.18 == pytest.approx(2.8, abs=0.05) and 300**0.096 == pytest.approx(1.7, abs=0.05)
 
 
+@pytest.mark.slow
 def test_recovers_known_law_with_noise():
-    """Five noisy replicates: every estimate close to the truth; each 95% interval covers it in >= 4 of 5."""
+    """Five replicates with 0.5% noise on every run, scratch runs included: every estimate within about three
+    replicate-to-replicate standard deviations of the truth (alpha 0.016, beta 0.020 over 60 replicates); each
+    95% interval (bootstrap over runs) covers it in >= 4 of 5."""
     covered = {(method, name): 0 for method in ("appendix_c", "huber") for name in TRUE_LAW}
     for replicate in range(5):
-        fit = fit_runs(synthetic_runs(seed=replicate), n_bootstrap=1000, seed=0, joint_law=False)
+        fit = fit_runs(synthetic_runs(seed=replicate, scratch_noise=0.005), n_bootstrap=1000, seed=0, joint_law=False)
         source = fit["sources"]["text"]
         assert source["n_points_used"] == len(N_VALUES) * len(D_F_VALUES)
         for method in ("appendix_c", "huber"):
             block = source[method]
-            assert abs(block["alpha"] - TRUE_LAW["alpha"]) < 0.03, (replicate, method, block["alpha"])
-            assert abs(block["beta"] - TRUE_LAW["beta"]) < 0.03, (replicate, method, block["beta"])
+            assert abs(block["alpha"] - TRUE_LAW["alpha"]) < 0.05, (replicate, method, block["alpha"])
+            assert abs(block["beta"] - TRUE_LAW["beta"]) < 0.06, (replicate, method, block["beta"])
             assert 0.5 < block["k"] / TRUE_LAW["k"] < 2.0, (replicate, method, block["k"])
             assert block["r_squared"] > 0.95 and block["n_bootstrap_identifiable"] == 1000
             for name, truth in TRUE_LAW.items():
@@ -89,6 +96,69 @@ def test_recovers_known_law_with_noise():
     assert derived["data_worth_of_10x_model_equal_d_transferred"] == pytest.approx(
         10 ** (source["appendix_c"]["beta"] / source["appendix_c"]["alpha"]))
     assert all(row["fraction"] == pytest.approx((row["multiplier"] - 1) / row["multiplier"]) for row in derived["grid"])
+
+
+def test_bootstrap_resamples_scratch_seeds_as_runs():
+    """Two tables with the same seed averages: scratch seeds that disagree must widen the intervals, which a
+    bootstrap over averaged points cannot see; the point estimate stays the same."""
+    agreeing = synthetic_runs(scratch_seeds=2)
+    spread = agreeing.copy()
+    scratch = spread["kind"] == "scratch"
+    spread.loc[scratch, "test_loss"] *= np.where(spread.loc[scratch, "seed"] == 0, 1.01, 0.99)
+    fits = [fit_runs(runs, n_bootstrap=300, joint_law=False)["sources"]["text"] for runs in (agreeing, spread)]
+    for method in ("appendix_c", "huber"):
+        quiet, noisy = (fit[method] for fit in fits)
+        assert noisy["beta"] == pytest.approx(quiet["beta"], rel=1e-9)
+        assert noisy["alpha"] == pytest.approx(quiet["alpha"], rel=1e-9)
+        for name in ("alpha", "beta"):
+            width = [block[f"{name}_ci"][1] - block[f"{name}_ci"][0] for block in (quiet, noisy)]
+            assert width[1] > 1.5 * width[0], (method, name, width)
+
+
+def test_resampled_scratch_curves_reproduce_the_point_estimate():
+    """The vectorised scratch curves of the bootstrap, given every run once, give the point estimate's D_E,
+    slope and low-data limit; on subsets of D they agree with ScratchCurve and fit_scratch_law."""
+    runs = synthetic_runs(scratch_noise=0.005)
+    fit = fit_runs(runs, n_bootstrap=0, joint_law=False)
+    points = pd.DataFrame(fit["points"])
+    for n_params in N_VALUES:
+        scratch = runs[(runs["kind"] == "scratch") & (runs["n_params"] == n_params)].sort_values("data_chars")
+        curves = fitting.ScratchResamples(scratch["data_chars"].to_numpy(), scratch["test_loss"].to_numpy()[None],
+                                          0.01, 0.1)
+        assert curves.low_data_limit[0] == pytest.approx(fit["scratch"][fitting.n_key(n_params)]["low_data_limit"],
+                                                         rel=1e-4)
+        mine = points[points["n_params"] == n_params]
+        d_effective, slope, status = curves.effective_data(mine["test_loss"].to_numpy()[None])
+        np.testing.assert_allclose(d_effective[0], mine["d_effective"], rtol=1e-9)
+        np.testing.assert_allclose(slope[0], mine["scratch_slope"], rtol=1e-9)
+        assert set(status[0]) == {"ok"}
+    rng = np.random.default_rng(0)
+    d_chars = np.logspace(4, 8.5, 10)
+    for _ in range(20):
+        test_loss = true_loss(1e6, d_chars) * (1 + 0.01 * rng.standard_normal(10))
+        drawn = rng.random(10) < 0.6
+        drawn[rng.choice(10, 3, replace=False)] = True
+        curves = fitting.ScratchResamples(d_chars, np.where(drawn, test_loss, np.nan)[None], 0.01, 0.1)
+        curve = fitting.ScratchCurve(1e6, d_chars[drawn], test_loss[drawn])
+        for loss in rng.uniform(test_loss.min() - 0.05, test_loss.max() + 0.05, 10):
+            d_effective, slope, status = (value[0, 0] for value in curves.effective_data(np.array([[loss]])))
+            expected = curve.effective_data(loss)
+            assert status == expected[2]
+            if status == "ok":
+                assert d_effective == pytest.approx(expected[0], rel=1e-9) and slope == pytest.approx(expected[1])
+        summary = fitting.scratch_summary(curve, 0.01, 0.1)
+        assert curves.low_data_limit[0] == pytest.approx(summary["low_data_limit"], rel=1e-3)
+
+
+def test_scratch_draws_cover_two_d_values():
+    """An N with one scratch run at each of two D: half of the draws cover one D and are redrawn."""
+    counts, redraws = fitting._scratch_counts(np.random.default_rng(0), np.array([0, 1]), 2, 400)
+    assert (counts > 0).all() and redraws > 100
+    runs = synthetic_runs()
+    sparse = (runs["kind"] == "scratch") & (runs["n_params"] == 1e5) & ~runs["data_chars"].isin([1e4, 10**8.5])
+    fit = fit_runs(runs[~sparse], n_bootstrap=200, joint_law=False)
+    assert fit["bootstrap"] == {"unit": "runs", "n_resamples": 200, "scratch_redraws": pytest.approx(200, rel=0.5)}
+    assert fit["sources"]["text"]["appendix_c"]["n_bootstrap_identifiable"] == 200
 
 
 def test_exact_points_give_the_law_exactly():

@@ -13,6 +13,11 @@ Every fine-tuned point keeps a status saying whether it enters the fit and, if n
 - ``no_transfer``: D_T <= 0, the fine-tuned model is no better than scratch on D_F;
 - ``high_data``: D_F > ``low_data_fraction`` * D(N), outside the regime where the power law holds.
 
+The intervals of k, alpha and beta come from a bootstrap over runs, scratch runs included (``bootstrap_points``):
+each resample rebuilds the scratch curves, D_E, D_T, statuses and both fits, so the error that one scratch curve
+shares with all the points read off it is counted. With one run per scratch D, a resample also thins the D grid,
+which makes these intervals conservative (wider than the replicate-to-replicate spread).
+
 Only numpy, scipy and pandas: fitting a runs table must never import torch or deepspeed.
 """
 
@@ -185,6 +190,10 @@ class ScratchCurve:
         return float(math.exp(log_d)), float(slope), "ok"
 
 
+SCRATCH_LAW_STARTS = tuple((exponent, share) for exponent in (0.1, 0.3, 1.0) for share in (0.5, 0.9, 0.99))
+LN_A_BOUND, MIN_EXPONENT, MAX_EXPONENT = 50.0, 1e-3, 3.0
+
+
 def fit_scratch_law(d_chars: np.ndarray, test_loss: np.ndarray) -> dict[str, Any]:
     """Fit L_N(D) = L_inf + A / D^a by bounded least squares on ln L from several starts.
 
@@ -201,15 +210,14 @@ def fit_scratch_law(d_chars: np.ndarray, test_loss: np.ndarray) -> dict[str, Any
         l_inf, ln_a, exponent = theta
         return np.log(l_inf + np.exp(ln_a - exponent * log_d)) - log_loss
 
-    lower, upper = np.array([0.0, -50.0, 1e-3]), np.array([lowest, 50.0, 3.0])
+    lower, upper = np.array([0.0, -LN_A_BOUND, MIN_EXPONENT]), np.array([lowest, LN_A_BOUND, MAX_EXPONENT])
     best = None
-    for exponent in (0.1, 0.3, 1.0):
-        for share in (0.5, 0.9, 0.99):
-            l_inf = share * lowest
-            start = np.array([l_inf, math.log(loss[0] - l_inf) + exponent * log_d[0], exponent])
-            result = least_squares(residuals, np.clip(start, lower, upper), bounds=(lower, upper))
-            if result.success and (best is None or result.cost < best.cost):
-                best = result
+    for exponent, share in SCRATCH_LAW_STARTS:
+        l_inf = share * lowest
+        start = np.array([l_inf, math.log(loss[0] - l_inf) + exponent * log_d[0], exponent])
+        result = least_squares(residuals, np.clip(start, lower, upper), bounds=(lower, upper))
+        if result.success and (best is None or result.cost < best.cost):
+            best = result
     if best is None:
         return {"ok": False, "message": "least squares did not converge from any start"}
     l_inf, ln_a, exponent = (float(v) for v in best.x)
@@ -221,11 +229,15 @@ def scratch_law_loss(law: dict[str, Any], d_chars: float) -> float:
     return law["l_inf"] + law["a_coef"] * d_chars ** (-law["exponent"])
 
 
-def converged_data(law: dict[str, Any], tolerance: float) -> float:
-    """D(N): the data at which L_N(D) comes within ``tolerance`` (relative) of L_inf; inf if L_inf = 0."""
-    if law["l_inf"] <= 0:
-        return math.inf
-    return (law["a_coef"] / (tolerance * law["l_inf"])) ** (1.0 / law["exponent"])
+def converged_data(law: dict[str, Any], tolerance: float) -> Any:
+    """D(N): the data at which L_N(D) comes within ``tolerance`` (relative) of L_inf; inf if L_inf = 0.
+
+    Element-wise when the law's values are arrays (the bootstrap's batched fits).
+    """
+    l_inf = np.asarray(law["l_inf"], float)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        d_converged = (law["a_coef"] / (tolerance * l_inf)) ** (1.0 / np.asarray(law["exponent"], float))
+    return np.where(l_inf > 0, d_converged, np.inf)
 
 
 def scratch_summary(curve: ScratchCurve, tolerance: float, low_data_fraction: float) -> dict[str, Any]:
@@ -240,7 +252,7 @@ def scratch_summary(curve: ScratchCurve, tolerance: float, low_data_fraction: fl
     if not law["ok"]:
         d_converged, source = largest, f"largest scratch D (L_N fit failed: {law['message']})"
     else:
-        fitted = converged_data(law, tolerance)
+        fitted = float(converged_data(law, tolerance))
         if fitted > largest:
             d_converged = largest
             source = f"largest scratch D (the fit's D(N) = {fitted:.3g} is beyond the data)"
@@ -257,19 +269,22 @@ def scratch_summary(curve: ScratchCurve, tolerance: float, low_data_fraction: fl
 def classify_point(curve: ScratchCurve, d_f_chars: float, test_loss: float, low_data_limit: float,
                    slope_tolerance: float) -> dict[str, Any]:
     """D_E, D_T and the status of one fine-tuned point (see the module docstring for the statuses)."""
-    d_effective, slope, status = curve.effective_data(test_loss)
+    d_effective, slope, range_status = curve.effective_data(test_loss)
     d_transferred = d_effective - d_f_chars
-    if status == "ok":
-        if slope < slope_tolerance:
-            status = "ill_conditioned"
-        elif d_transferred <= 0:
-            status = "no_transfer"
-        elif d_f_chars > low_data_limit:
-            status = "high_data"
+    status = str(point_status(range_status, slope, d_transferred, d_f_chars, low_data_limit, slope_tolerance))
     fraction = d_transferred / d_effective if d_transferred > 0 else math.nan
     return {"d_effective": d_effective, "d_transferred": d_transferred, "scratch_slope": slope,
             "fraction": fraction, "multiplier": d_effective / d_f_chars,
             "scratch_loss_at_d_f": curve.loss_at(d_f_chars), "status": status}
+
+
+def point_status(range_status: Any, slope: Any, d_transferred: Any, d_f_chars: Any, low_data_limit: Any,
+                 slope_tolerance: float) -> np.ndarray:
+    """Status of fine-tuned points from their range status (ok, censored, below_range) and D_E; arrays
+    broadcast, so the point estimate and every bootstrap resample classify points by the same rules."""
+    conditions = [np.asarray(range_status) != "ok", np.asarray(slope) < slope_tolerance,
+                  np.asarray(d_transferred) <= 0, np.asarray(d_f_chars) > low_data_limit]
+    return np.select(conditions, [np.asarray(range_status), "ill_conditioned", "no_transfer", "high_data"], "ok")
 
 
 def build_points(averaged: pd.DataFrame, runs: pd.DataFrame, curves: dict[float, ScratchCurve],
@@ -352,8 +367,8 @@ def _group_matrix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def appendix_c_regression(ln_n: np.ndarray, ln_d_f: np.ndarray, logit_f: np.ndarray,
                           weights: np.ndarray) -> np.ndarray:
-    """Appendix C, batched over rows of ``weights`` (B, n): returns (B, 3) of (ln k, alpha, beta), NaN rows
-    where a resample cannot identify them.
+    """Appendix C, batched over rows of ``weights`` (B, n) and of ``logit_f`` (n or B, n): returns (B, 3) of
+    (ln k, alpha, beta), NaN rows where a resample cannot identify them.
 
     Per D_F, logit(f) = c(D_F) + beta ln N with one slope shared by all D_F (within-group regression);
     then c(D_F) = ln k + (alpha - 1) ln D_F across D_F, each D_F weighted equally.
@@ -381,12 +396,14 @@ def appendix_c_regression(ln_n: np.ndarray, ln_d_f: np.ndarray, logit_f: np.ndar
 
 def huber_regression(design: np.ndarray, target: np.ndarray, weights: np.ndarray, delta: float,
                      iterations: int = 100) -> np.ndarray:
-    """Huber-loss linear regression by IRLS, batched over rows of ``weights`` (B, n); NaN rows where the
-    weighted design is rank-deficient. Same minimiser as least_squares(loss='huber', f_scale=delta).
+    """Huber-loss linear regression by IRLS, batched over rows of ``weights`` (B, n) and of ``target`` (n or
+    B, n); NaN rows where the weighted design is rank-deficient. Same minimiser as least_squares(loss='huber',
+    f_scale=delta).
     """
+    target = np.broadcast_to(target, weights.shape)
     coef = _weighted_lstsq(design, target, weights)
     for _ in range(iterations):
-        residual = target - coef @ design.T
+        residual = target - np.nan_to_num(coef) @ design.T
         robust = weights * np.minimum(1.0, delta / np.maximum(np.abs(residual), 1e-300))
         updated = _weighted_lstsq(design, target, robust)
         if np.allclose(updated, coef, rtol=0, atol=1e-12, equal_nan=True):
@@ -397,7 +414,7 @@ def huber_regression(design: np.ndarray, target: np.ndarray, weights: np.ndarray
 
 def _weighted_lstsq(design: np.ndarray, target: np.ndarray, weights: np.ndarray) -> np.ndarray:
     gram = np.einsum("bn,ni,nj->bij", weights, design, design)
-    moment = np.einsum("bn,ni,n->bi", weights, design, target)
+    moment = np.einsum("bn,ni,bn->bi", weights, design, np.broadcast_to(target, weights.shape))
     scale = np.maximum(np.abs(gram).max(axis=(1, 2)), 1e-300)
     full_rank = np.linalg.matrix_rank(gram / scale[:, None, None], tol=1e-10) == design.shape[1]
     safe = np.where(full_rank[:, None, None], gram, np.eye(design.shape[1]))
@@ -418,22 +435,27 @@ def not_identifiable_reason(n_params: np.ndarray, d_f_chars: np.ndarray) -> str 
 
 
 def fit_transfer_law(n_params: np.ndarray, d_f_chars: np.ndarray, d_transferred: np.ndarray,
-                     n_bootstrap: int, seed: int) -> dict[str, dict]:
-    """Both fits of D_T = k D_F^alpha N^beta with percentile bootstrap intervals over points."""
+                     resamples: PointResamples) -> dict[str, dict]:
+    """Both fits of D_T = k D_F^alpha N^beta to the usable points, with percentile intervals over the
+    bootstrap resamples of runs (``bootstrap_points``).
+
+    The Huber scale delta is set once from the point estimate's residuals and kept for every resample.
+    """
     reason = not_identifiable_reason(n_params, d_f_chars)
     if reason is None and np.unique(d_f_chars).size == len(d_f_chars):
         reason = "no D_F has runs at two N: the shared slope of Appendix C is not identifiable"
     ln_n, ln_d_f, ln_d_t = np.log(n_params), np.log(d_f_chars), np.log(d_transferred)
     n = len(ln_n)
-    rng = np.random.default_rng(seed)
-    resamples = rng.multinomial(n, np.full(n, 1.0 / n), size=n_bootstrap).astype(float) if n else np.empty((0, 0))
     design = np.column_stack([np.ones(n), ln_d_f, ln_n])
+    boot_ln_n, boot_ln_d_f = np.log(resamples.n_params), np.log(resamples.d_f_chars)
+    boot_design = np.column_stack([np.ones(boot_ln_n.size), boot_ln_d_f, boot_ln_n])
     results = {}
     appendix_reason = reason
     huber_reason = not_identifiable_reason(n_params, d_f_chars)
     if appendix_reason is None:
         estimate = appendix_c_regression(ln_n, ln_d_f, ln_d_t - ln_d_f, np.ones((1, n)))[0]
-        draws = appendix_c_regression(ln_n, ln_d_f, ln_d_t - ln_d_f, resamples)
+        draws = appendix_c_regression(boot_ln_n, boot_ln_d_f, resamples.ln_d_transferred - boot_ln_d_f,
+                                      resamples.weights)
         results["appendix_c"] = _law_block(estimate, draws, design, ln_d_t, {})
     else:
         results["appendix_c"] = {"identifiable": False, "reason": appendix_reason}
@@ -443,7 +465,7 @@ def fit_transfer_law(n_params: np.ndarray, d_f_chars: np.ndarray, d_transferred:
         mad = float(np.median(np.abs(residual - np.median(residual))))
         delta = max(HUBER_TUNING * 1.4826 * mad, MIN_HUBER_DELTA)
         estimate = huber_regression(design, ln_d_t, np.ones((1, n)), delta)[0]
-        draws = huber_regression(design, ln_d_t, resamples, delta)
+        draws = huber_regression(boot_design, resamples.ln_d_transferred, resamples.weights, delta)
         results["huber"] = _law_block(estimate, draws, design, ln_d_t, {"huber_delta": delta})
     else:
         results["huber"] = {"identifiable": False, "reason": huber_reason}
@@ -468,6 +490,262 @@ def _law_block(estimate: np.ndarray, draws: np.ndarray, design: np.ndarray, ln_d
     block["k_ci"] = [math.exp(v) for v in block["ln_k_ci"]]
     block["bootstrap_draws"] = good
     return block
+
+
+# ---------------------------------------------------------------------------------------------- bootstrap over runs
+
+
+@dataclass
+class PointResamples:
+    """One source's fine-tuned points in every bootstrap resample (rows of ``weights``, ``ln_d_transferred``).
+
+    A point's weight is its number of drawn runs over its number of runs (1 on average, as in the point
+    estimate), 0 where no run was drawn or the point is not fitted in that resample; its ln D_T is 0 there.
+    """
+
+    n_params: np.ndarray
+    d_f_chars: np.ndarray
+    weights: np.ndarray
+    ln_d_transferred: np.ndarray
+
+
+def bootstrap_points(runs: pd.DataFrame, points: pd.DataFrame,
+                     options: FitOptions) -> tuple[dict[str, PointResamples], int]:
+    """Resample runs, not points, so that the error a scratch curve shares with all its points is counted.
+
+    In each resample, the scratch runs of each N are drawn with replacement within that N, and the fine-tuned
+    runs of each source with replacement; seeds are runs, and the drawn runs of one (N, D) are averaged.
+    A scratch draw that covers a single D value is redrawn (a curve needs two), so the intervals are
+    conditional on every N keeping a curve; the number of redraws is returned. Scratch curves, low-data
+    limits, D_E, D_T and statuses are then recomputed per resample, as in the point estimate.
+    """
+    rng = np.random.default_rng(options.seed)
+    ok = runs[(runs["status"] == "ok") & runs["kind"].isin(FITTED_KINDS)]
+    curves, redraws = {}, 0
+    for n_params, group in ok[ok["kind"] == "scratch"].groupby("n_params"):
+        d_chars, d_index = np.unique(group["data_chars"].to_numpy(), return_inverse=True)
+        counts, redrawn = _scratch_counts(rng, d_index, d_chars.size, options.n_bootstrap)
+        redraws += redrawn
+        test_loss = _resampled_means(counts, group["test_loss"].to_numpy(), d_index, d_chars.size)[0]
+        curves[n_params] = ScratchResamples(d_chars, test_loss, options.tolerance, options.low_data_fraction)
+    finetune = ok[ok["kind"] == "finetune"]
+    resamples = {source: _resample_source(rng, group, finetune[finetune["source"] == source], curves, options)
+                 for source, group in points.groupby("source")}
+    return resamples, redraws
+
+
+def _draw_counts(rng: np.random.Generator, n_runs: int, n_resamples: int) -> np.ndarray:
+    """How often each run is drawn in each resample (rows) when ``n_runs`` runs are drawn with replacement."""
+    if n_runs == 0:
+        return np.zeros((n_resamples, 0), int)
+    return rng.multinomial(n_runs, np.full(n_runs, 1.0 / n_runs), size=n_resamples)
+
+
+def _scratch_counts(rng: np.random.Generator, d_index: np.ndarray, n_d: int,
+                    n_resamples: int) -> tuple[np.ndarray, int]:
+    """Draws of one N's scratch runs (``d_index``: the D value of each run); draws covering one D are redrawn."""
+    counts = _draw_counts(rng, d_index.size, n_resamples)
+    onehot = np.eye(n_d)[d_index]
+    redraws = 0
+    while True:
+        single = ((counts @ onehot) > 0).sum(axis=1) < 2
+        if not single.any():
+            return counts, redraws
+        redraws += int(single.sum())
+        counts[single] = _draw_counts(rng, d_index.size, int(single.sum()))
+
+
+def _resampled_means(counts: np.ndarray, values: np.ndarray, group: np.ndarray,
+                     n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per resample, the mean value of the drawn runs of each group (NaN where none was drawn) and their number."""
+    onehot = np.eye(n_groups)[group]
+    drawn = counts @ onehot
+    with np.errstate(invalid="ignore"):
+        return (counts * values) @ onehot / drawn, drawn
+
+
+def _resample_source(rng: np.random.Generator, points: pd.DataFrame, runs: pd.DataFrame,
+                     curves: dict[float, ScratchResamples], options: FitOptions) -> PointResamples:
+    """Draw one source's fine-tuned runs and read each resampled point off its N's resampled scratch curve."""
+    cells = points[points["status"] != "failed"].reset_index(drop=True)
+    keys = cells[["n_params", "d_f_chars"]].rename(columns={"d_f_chars": "data_chars"}).reset_index()
+    cell_of_run = runs[["n_params", "data_chars"]].merge(keys, how="left")["index"].to_numpy()
+    counts = _draw_counts(rng, len(runs), options.n_bootstrap)
+    test_loss, drawn = _resampled_means(counts, runs["test_loss"].to_numpy(), cell_of_run, len(cells))
+    d_f_chars = cells["d_f_chars"].to_numpy(float)
+    d_effective, slope, limit = (np.full(test_loss.shape, np.nan) for _ in range(3))
+    range_status = np.full(test_loss.shape, "ok", dtype=object)
+    for n_params, columns in cells.groupby("n_params").indices.items():
+        curve = curves[n_params]
+        found = curve.effective_data(test_loss[:, columns])
+        d_effective[:, columns], slope[:, columns], range_status[:, columns] = found
+        limit[:, columns] = curve.low_data_limit[:, None]
+    d_transferred = d_effective - d_f_chars
+    status = point_status(range_status.astype(str), slope, d_transferred, d_f_chars, limit, options.slope_tolerance)
+    fitted = (status == "ok") & (drawn > 0)
+    return PointResamples(cells["n_params"].to_numpy(float), d_f_chars,
+                          np.where(fitted, drawn / cells["n_seeds"].to_numpy(), 0.0),
+                          np.log(np.where(fitted, d_transferred, 1.0)))
+
+
+class ScratchResamples:
+    """The scratch curves of one N in every resample: ``ScratchCurve`` and ``scratch_summary`` vectorised.
+
+    ``test_loss`` is (resamples, D values) on the grid ``d_chars``, NaN where a resample drew no run at that D.
+    Same envelope, same PCHIP (scipy's derivatives), same secant slope, the same L_N objective (``fit_scratch_laws``)
+    and the same D(N) fallback, so the resample that draws every run once reproduces the point estimate's D_E and
+    statuses (tested).
+    """
+
+    def __init__(self, d_chars: np.ndarray, test_loss: np.ndarray, tolerance: float, low_data_fraction: float):
+        log_d = np.log(d_chars)
+        present = np.isfinite(test_loss)
+        running = np.minimum.accumulate(np.where(present, test_loss, np.inf), axis=1)
+        keep = present & (running < np.column_stack([np.full(len(running), np.inf), running[:, :-1]]))
+        order = np.argsort(~keep, axis=1, kind="stable")
+        self.knots = keep.sum(axis=1)
+        self.env_log_d = np.take_along_axis(np.where(keep, log_d, np.nan), order, axis=1)
+        self.env_loss = np.take_along_axis(np.where(keep, test_loss, np.nan), order, axis=1)
+        self.derivatives = _pchip_derivatives(self.env_log_d, self.env_loss, self.knots)
+        largest = d_chars[d_chars.size - 1 - np.argmax(present[:, ::-1], axis=1)]
+        law = fit_scratch_laws(log_d, test_loss)
+        fitted = np.where(law["ok"], converged_data(law, tolerance), np.inf)
+        self.low_data_limit = low_data_fraction * np.minimum(fitted, largest)
+
+    def effective_data(self, test_loss: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(D_E, secant slope, range status) for losses (resamples, points); D_E and slope NaN out of range."""
+        rows = np.arange(len(test_loss))[:, None]
+        last = (self.knots - 1)[:, None]
+        range_status = np.where(test_loss < self.env_loss[rows, last], "censored",
+                                np.where(test_loss > self.env_loss[:, :1], "below_range", "ok"))
+        above = (self.env_loss[:, None, :] > test_loss[:, :, None]).sum(axis=2)
+        segment = np.clip(above - 1, 0, np.maximum(last - 1, 0))
+        following = np.minimum(segment + 1, last)
+        x0, y0, d0 = (values[rows, segment] for values in (self.env_log_d, self.env_loss, self.derivatives))
+        x1, y1, d1 = (values[rows, following] for values in (self.env_log_d, self.env_loss, self.derivatives))
+        width = x1 - x0
+        single = width == 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            log_d = x0 + width * _invert_hermite(y0, y1, d0 * width, d1 * width, test_loss)
+            slope = np.where(single, 0.0, (y0 - y1) / width)
+        in_range = range_status == "ok"
+        return (np.where(in_range, np.exp(np.where(single, x0, log_d)), np.nan), np.where(in_range, slope, np.nan),
+                range_status)
+
+
+def _pchip_derivatives(x: np.ndarray, y: np.ndarray, knots: np.ndarray) -> np.ndarray:
+    """Knot derivatives of scipy's ``PchipInterpolator`` through each row's first ``knots`` points (x, y padded
+    with NaN after them): weighted harmonic means inside, the one-sided shape-preserving rule at both ends,
+    and a straight line through two knots."""
+    n_columns = x.shape[1]
+    x, y = (np.pad(a, ((0, 0), (0, max(0, 3 - n_columns))), constant_values=np.nan) for a in (x, y))
+    rows = np.arange(len(x))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        h = np.diff(x, axis=1)
+        m = np.diff(y, axis=1) / h
+        w1, w2 = 2 * h[:, 1:] + h[:, :-1], h[:, 1:] + 2 * h[:, :-1]
+        flat = (np.sign(m[:, 1:]) != np.sign(m[:, :-1])) | (m[:, 1:] == 0) | (m[:, :-1] == 0)
+        interior = np.where(flat, 0.0, (w1 + w2) / (w1 / m[:, :-1] + w2 / m[:, 1:]))
+        last, before = np.maximum(knots - 2, 0), np.maximum(knots - 3, 0)
+        derivatives = np.column_stack([_pchip_edge(h[:, 0], h[:, 1], m[:, 0], m[:, 1]), interior,
+                                       np.full(len(x), np.nan)])
+        derivatives[rows, np.maximum(knots - 1, 0)] = _pchip_edge(h[rows, last], h[rows, before], m[rows, last],
+                                                                  m[rows, before])
+    two = knots == 2
+    derivatives[two, 0] = derivatives[two, 1] = m[two, 0]
+    return derivatives[:, :n_columns]
+
+
+def _pchip_edge(h0: np.ndarray, h1: np.ndarray, m0: np.ndarray, m1: np.ndarray) -> np.ndarray:
+    """End derivative: the one-sided three-point estimate, zeroed or capped where it would break monotonicity."""
+    d = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
+    same_sign = np.sign(d) == np.sign(m0)
+    overshoot = same_sign & (np.sign(m0) != np.sign(m1)) & (np.abs(d) > 3 * np.abs(m0))
+    return np.where(same_sign, np.where(overshoot, 3 * m0, d), 0.0)
+
+
+def _invert_hermite(y0: np.ndarray, y1: np.ndarray, m0: np.ndarray, m1: np.ndarray, target: np.ndarray,
+                    iterations: int = 60) -> np.ndarray:
+    """t in [0, 1] where the cubic Hermite segment (values y0, y1; tangents m0, m1 per unit t) equals target.
+
+    PCHIP segments of a decreasing envelope decrease monotonically, so bisection finds the only root.
+    """
+    low, high = np.zeros(np.shape(target)), np.ones(np.shape(target))
+    for _ in range(iterations):
+        t = 0.5 * (low + high)
+        value = (y0 * (2 * t**3 - 3 * t**2 + 1) + m0 * (t**3 - 2 * t**2 + t) + y1 * (3 * t**2 - 2 * t**3)
+                 + m1 * (t**3 - t**2))
+        above = value > target
+        low, high = np.where(above, t, low), np.where(above, high, t)
+    return 0.5 * (low + high)
+
+
+def fit_scratch_laws(log_d: np.ndarray, test_loss: np.ndarray, iterations: int = 300) -> dict[str, np.ndarray]:
+    """``fit_scratch_law`` for many curves at once (rows of ``test_loss`` on the grid ``log_d``, NaN = no point).
+
+    Same residuals, bounds and starts, minimised by Levenberg-Marquardt with steps clipped to the bounds: one
+    scipy fit per resampled curve (about 20 ms) would make a thousand resamples take minutes.
+    Returns arrays ``ok`` (at least 3 points), ``l_inf``, ``a_coef``, ``exponent``.
+    """
+    present = np.isfinite(test_loss)
+    n_curves, n_starts = len(test_loss), len(SCRATCH_LAW_STARTS)
+    lowest = np.nanmin(np.where(present, test_loss, np.inf), axis=1)
+    first = np.argmax(present, axis=1)
+    first_loss, first_log_d = test_loss[np.arange(n_curves), first], log_d[first]
+    theta = np.concatenate([
+        np.column_stack([share * lowest, np.log(first_loss - share * lowest) + exponent * first_log_d,
+                         np.full(n_curves, exponent)]) for exponent, share in SCRATCH_LAW_STARTS])
+    lower = np.tile([0.0, -LN_A_BOUND, MIN_EXPONENT], (n_starts * n_curves, 1))
+    upper = np.column_stack([np.tile(lowest, n_starts), np.tile([LN_A_BOUND, MAX_EXPONENT], (n_starts * n_curves, 1))])
+    mask = np.tile(present, (n_starts, 1))
+    log_loss = np.tile(np.log(np.where(present, test_loss, 1.0)), (n_starts, 1))
+    theta, cost = _levenberg_marquardt(np.clip(theta, lower, upper), lower, upper, log_d, log_loss, mask, iterations)
+    best = np.argmin(cost.reshape(n_starts, n_curves), axis=0)
+    l_inf, ln_a, exponent = theta.reshape(n_starts, n_curves, 3)[best, np.arange(n_curves)].T
+    return {"ok": present.sum(axis=1) >= 3, "l_inf": l_inf, "a_coef": np.exp(ln_a), "exponent": exponent}
+
+
+def _scratch_law_residuals(theta: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray,
+                           mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals ln(L_inf + e^(ln A - a ln D)) - ln L (0 where masked) and their Jacobian in (L_inf, ln A, a)."""
+    power = np.exp(theta[:, 1:2] - theta[:, 2:3] * log_d)
+    total = theta[:, 0:1] + power
+    residual = np.where(mask, np.log(total) - log_loss, 0.0)
+    jacobian = np.stack([1.0 / total, power / total, -log_d * power / total], axis=2) * mask[..., None]
+    return residual, jacobian
+
+
+def _levenberg_marquardt(theta: np.ndarray, lower: np.ndarray, upper: np.ndarray, log_d: np.ndarray,
+                         log_loss: np.ndarray, mask: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """Batched Levenberg-Marquardt on the scratch-law residuals within bounds: a parameter on a bound that the
+    gradient pushes outward is held there for the step (an active set); iterates only unconverged problems."""
+    residual, jacobian = _scratch_law_residuals(theta, log_d, log_loss, mask)
+    cost = (residual**2).sum(axis=1)
+    damping = np.full(len(theta), 1e-3)
+    active = np.arange(len(theta))
+    for _ in range(iterations):
+        if active.size == 0:
+            break
+        jac, res, current = jacobian[active], residual[active], theta[active]
+        gradient = (jac.transpose(0, 2, 1) @ res[..., None])[..., 0]
+        pinned = ((current <= lower[active]) & (gradient > 0)) | ((current >= upper[active]) & (gradient < 0))
+        free = (~pinned)[:, :, None] & (~pinned)[:, None, :]
+        gram = jac.transpose(0, 2, 1) @ jac
+        scale = np.diagonal(gram, axis1=1, axis2=2) + 1e-12 * np.trace(gram, axis1=1, axis2=2)[:, None]
+        damped = np.where(free, gram + damping[active, None, None] * np.eye(3) * scale[:, None, :], np.eye(3))
+        step = np.linalg.solve(damped, np.where(pinned, 0.0, -gradient)[..., None])[..., 0]
+        candidate = np.clip(current + step, lower[active], upper[active])
+        new_residual, new_jacobian = _scratch_law_residuals(candidate, log_d, log_loss[active], mask[active])
+        new_cost = (new_residual**2).sum(axis=1)
+        better = new_cost < cost[active]
+        moved = np.abs(candidate - current).max(axis=1)
+        improved = active[better]
+        theta[improved], cost[improved] = candidate[better], new_cost[better]
+        residual[improved], jacobian[improved] = new_residual[better], new_jacobian[better]
+        damping[active] = np.where(better, np.maximum(damping[active] / 3, 1e-12), damping[active] * 3)
+        done = (moved <= 1e-12 * (1.0 + np.abs(theta[active]).max(axis=1))) | (damping[active] > 1e12)
+        active = active[~done]
+    return theta, cost
 
 
 # ---------------------------------------------------------------------------------------------- derived
@@ -567,12 +845,13 @@ def _fit(runs: pd.DataFrame, options: FitOptions) -> tuple[dict[str, Any], pd.Da
               for n, group in averaged[averaged["kind"] == "scratch"].groupby("n_params")}
     scratch = {n: scratch_summary(curve, options.tolerance, options.low_data_fraction) for n, curve in curves.items()}
     points = build_points(averaged, runs, curves, scratch, options.slope_tolerance)
-    sources = {source: _fit_source(group, options.n_bootstrap, options.seed)
-               for source, group in points.groupby("source")}
+    resamples, scratch_redraws = bootstrap_points(runs, points, options)
+    sources = {source: _fit_source(group, resamples[source]) for source, group in points.groupby("source")}
     draws = _pop_draws(sources)
     scratch_points = averaged[averaged["kind"] == "scratch"]
     result = {
         "options": asdict(options),
+        "bootstrap": {"unit": "runs", "n_resamples": options.n_bootstrap, "scratch_redraws": scratch_redraws},
         "scratch": {n_key(n): summary for n, summary in scratch.items()},
         "sources": sources,
         "points": points.to_dict(orient="records"),
@@ -594,10 +873,10 @@ def joint_law_diagnostic(scratch: pd.DataFrame) -> dict[str, Any]:
             "test_loss": scratch["test_loss"].tolist(), **fit}
 
 
-def _fit_source(points: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str, Any]:
+def _fit_source(points: pd.DataFrame, resamples: PointResamples) -> dict[str, Any]:
     usable = points[points["status"] == "ok"]
     fits = fit_transfer_law(usable["n_params"].to_numpy(), usable["d_f_chars"].to_numpy(),
-                            usable["d_transferred"].to_numpy(), n_bootstrap, seed)
+                            usable["d_transferred"].to_numpy(), resamples)
     for block in fits.values():
         if block["identifiable"]:
             block["derived"] = derived_quantities(block, points)
@@ -659,10 +938,11 @@ def read_runs(runs_csv: str | os.PathLike) -> pd.DataFrame:
 def fit_file(runs_csv: str | os.PathLike, out_dir: str | os.PathLike, **options: Any) -> dict[str, Any]:
     """Fit ``runs_csv``; write ``transfer_fit.json``, ``points.csv`` and ``bootstrap.csv`` into ``out_dir``.
 
-    ``transfer_fit.json``: options; ``scratch`` per N (points, L_N fit, D(N) and its origin); ``sources`` per
-    source (``appendix_c`` and ``huber`` blocks with k, alpha, beta, their 95% intervals, residuals, R^2 and
-    derived quantities; point counts; ossification); ``points``; ``failed_runs``; ``compute_by_kind``.
-    ``bootstrap.csv`` holds the bootstrap draws (for interval bands in the figures).
+    ``transfer_fit.json``: options; ``bootstrap`` (resampling unit, resamples, scratch redraws); ``scratch`` per
+    N (points, L_N fit, D(N) and its origin); ``sources`` per source (``appendix_c`` and ``huber`` blocks with k,
+    alpha, beta, their 95% intervals, how many resamples could identify them, residuals, R^2 and derived
+    quantities; point counts; ossification); ``points``; ``failed_runs``; ``compute_by_kind``.
+    ``bootstrap.csv`` holds the identifiable bootstrap draws (for interval bands in the figures).
     """
     unknown = set(options) - {field.name for field in fields(FitOptions)}
     if unknown:
