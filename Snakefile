@@ -35,6 +35,7 @@ include: "workflow/rules/corpora.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/pretraining_data.smk"
 
 
 rule all:

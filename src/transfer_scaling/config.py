@@ -134,6 +134,18 @@ def check_cross_fields(config: dict) -> None:
             f"early stopping could end it after patience {pretrain['patience']} x eval_interval "
             f"{pretrain['eval_interval']} steps < {pretrain['max_steps']}; raise pretrain.options.patience"
         )
+    dp_axis = config.get("pretraining_data")
+    if dp_axis:
+        unknown = [size for size in dp_axis["sizes"] if size not in names]
+        if unknown:
+            raise ConfigError(f"config key 'pretraining_data.sizes': {unknown} are not model names; defined: {names}")
+        if not pretrain["snapshot_steps"]:
+            raise ConfigError("config key 'pretraining_data': needs pretrain.snapshots (the D_p points)")
+        if dp_axis["n_fit"] > len(pretrain["snapshot_steps"]):
+            raise ConfigError(
+                f"config key 'pretraining_data.n_fit': {dp_axis['n_fit']} exceeds the "
+                f"{len(pretrain['snapshot_steps'])} pretraining snapshots"
+            )
     if len(config["scratch"]["d_chars"]) < 2:
         raise ConfigError("config key 'scratch.d_chars': needs at least two values per N to interpolate D_E")
 

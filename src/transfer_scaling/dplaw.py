@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -25,7 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from .fitting import to_jsonable
+from .fitting import ScratchCurve, classify_point, n_key, to_jsonable
+from .io import read_json, write_json
 from .jointlaw import HUBER_DELTA, batched_lbfgs, huber
 
 LOSS_RTOL = 0.005
@@ -314,3 +316,35 @@ def analyse_dp(table: pd.DataFrame, n_fit: int, delta: float = HUBER_DELTA, loss
                        **_analyse_group(group, n_fit, delta, loss_rtol, score_rtol)})
     return to_jsonable({"n_fit": n_fit, "huber_delta": delta, "loss_rtol": loss_rtol, "score_rtol": score_rtol,
                         "groups": groups})
+
+
+def transferred_by_d_p(table: pd.DataFrame, transfer_fit: dict[str, Any]) -> pd.DataFrame:
+    """D_E, D_T and the status of every snapshot fine-tune, read off the main study's same-N scratch curve.
+
+    The same classification as the transfer fit's points (censored, ill-conditioned, ...), so D_T as a function
+    of D_p is measured exactly as D_T as a function of D_F and N.
+    """
+    slope_tolerance = transfer_fit["options"]["slope_tolerance"]
+    rows = []
+    for record in table.itertuples(index=False):
+        scratch = transfer_fit["scratch"].get(n_key(record.n_params))
+        if scratch is None:
+            raise DPLawError(f"N = {record.n_params} has no from-scratch curve in the transfer fit; "
+                             "D_T needs scratch runs of the same size")
+        curve = ScratchCurve(float(record.n_params), np.asarray(scratch["d_chars"]), np.asarray(scratch["test_loss"]))
+        point = classify_point(curve, float(record.d_f_chars), float(record.test_loss), scratch["low_data_limit"],
+                               slope_tolerance)
+        rows.append({"source": record.source, "n_params": record.n_params, "d_f_chars": record.d_f_chars,
+                     "d_p_tokens": record.d_p_tokens, "test_loss": record.test_loss, **point})
+    return pd.DataFrame(rows)
+
+
+def write_dp_analysis(runs_csv: str | os.PathLike, transfer_fit_json: str | os.PathLike, n_fit: int,
+                      out_json: str | os.PathLike) -> dict[str, Any]:
+    """The D_p analysis of a snapshot runs table, plus D_T per D_p, written atomically as JSON."""
+
+    table = pd.read_csv(runs_csv)
+    analysis = analyse_dp(table, n_fit)
+    analysis["transferred"] = to_jsonable(transferred_by_d_p(table, read_json(transfer_fit_json)).to_dict("records"))
+    write_json(out_json, analysis)
+    return analysis

@@ -21,6 +21,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from . import fitting  # noqa: E402
 from .io import atomic_path  # noqa: E402
+from .dplaw import predict_dp_loss, predict_dp_score  # noqa: E402
 from .jointlaw import predict_chinchilla, predict_kaplan  # noqa: E402
 
 FORMATS = ("png", "svg")
@@ -32,6 +33,8 @@ LABELS = {
     "test_loss": "test loss (nats / character)",
     "fraction": "fraction of effective data from pretraining, D_T / D_E",
     "multiplier": "effective data multiplier, D_E / D_F",
+    "d_p_tokens": "D_p, pretraining data seen (tokens)",
+    "bleu": "next-line completion BLEU",
 }
 FIT_NAMES = {"appendix_c": "Appendix C", "huber": "Huber"}
 
@@ -252,4 +255,78 @@ def joint_law_plot(fit: dict[str, Any]) -> plt.Figure:
     residuals.axhline(0.0, color="black", lw=1)
     residuals.set(xscale="log", xlabel=LABELS["d_chars"], ylabel="log L observed - fitted",
                   title=f"residuals; Kaplan rms {law['kaplan']['rms_log_residual']:.3g}")
+    return figure
+
+
+def make_dp_figures(runs_csv: str | os.PathLike, dp_fit_json: str | os.PathLike,
+                    out_dir: str | os.PathLike) -> list[Path]:
+    """Figures of the pretraining-data axis: loss and score against D_p with their laws, and D_T against D_p."""
+    table = pd.read_csv(runs_csv)
+    analysis = fitting.load_fit(dp_fit_json)
+    sns.set_theme(style="whitegrid", context="paper")
+    written = []
+    for name, draw in {"dp_loss_and_score": lambda: dp_laws_plot(table, analysis),
+                       "dp_transferred": lambda: dp_transferred_plot(analysis)}.items():
+        figure = draw()
+        written += save_figure(figure, Path(out_dir) / name)
+        plt.close(figure)
+    return written
+
+
+def _dp_law_panel(axis: plt.Axes, group: pd.DataFrame, column: str, fit: dict[str, Any],
+                  predict: Callable[[dict[str, Any], Any], Any], colour: Any, label: str) -> None:
+    """Observed points, the law fitted on the smallest D_p (solid) and its prediction of the held-out ones."""
+    axis.plot(group["d_p_tokens"], group[column], "o", color=colour, label=label)
+    if "error" in fit:
+        return
+    fitted_to = max(fit["fit_points"]["d_p"])
+    grid = np.logspace(np.log10(group["d_p_tokens"].min()), np.log10(group["d_p_tokens"].max()), 60)
+    inside = grid <= fitted_to
+    axis.plot(grid[inside], predict(fit, grid[inside]), "-", color=colour)
+    axis.plot(grid[~inside], predict(fit, grid[~inside]), "--", color=colour)
+    for held in fit["held_out"]:
+        axis.plot([held["d_p"]], [held["predicted"]], "x", color=colour, markersize=8)
+
+
+def dp_laws_plot(table: pd.DataFrame, analysis: dict[str, Any]) -> plt.Figure:
+    """Per (N, D_F): cross-entropy and BLEU against D_p for each source; x marks the laws' held-out predictions."""
+    groups = analysis["groups"]
+    keys = sorted({(g["n_params"], g["d_f_chars"]) for g in groups})
+    figure, axes = plt.subplots(len(keys), 2, figsize=(9, 3.4 * len(keys)), squeeze=False, layout="constrained")
+    colours = _palette(sorted({g["source"] for g in groups}))
+    for (loss_axis, score_axis), (n_params, d_f_chars) in zip(axes, keys):
+        for group_fit in (g for g in groups if (g["n_params"], g["d_f_chars"]) == (n_params, d_f_chars)):
+            source = group_fit["source"]
+            rows = table[(table["source"] == source) & (table["n_params"] == n_params)
+                         & (table["d_f_chars"] == d_f_chars)].sort_values("d_p_tokens")
+            verdict = group_fit.get("bleu_verdict", {}).get("verdict", "n/a")
+            _dp_law_panel(loss_axis, rows, "test_loss", group_fit["loss_fit"], predict_dp_loss, colours[source],
+                          source)
+            _dp_law_panel(score_axis, rows, "bleu", group_fit["bleu_fit"], predict_dp_score, colours[source],
+                          f"{source} ({verdict})")
+        title = f"{_n_label(n_params)}, D_F = {d_f_chars:.3g} characters"
+        loss_axis.set(xscale="log", xlabel=LABELS["d_p_tokens"], ylabel=LABELS["test_loss"], title=title)
+        score_axis.set(xscale="log", xlabel=LABELS["d_p_tokens"], ylabel=LABELS["bleu"], title=title)
+        loss_axis.legend(fontsize="small")
+        score_axis.legend(fontsize="small", title="source (score vs loss)", title_fontsize="small")
+    return figure
+
+
+def dp_transferred_plot(analysis: dict[str, Any]) -> plt.Figure:
+    """D_T against D_p per source (points whose D_T cannot be read off the scratch curve are labelled)."""
+    points = pd.DataFrame(analysis["transferred"])
+    figure, axes = _panels(1, width=5.0)
+    axis = axes[0]
+    if not (points["status"] == "ok").any():
+        _no_points(axis, points)
+        return figure
+    for (source, n_params, d_f_chars), group in points.groupby(["source", "n_params", "d_f_chars"]):
+        ok = group[group["status"] == "ok"]
+        axis.plot(ok["d_p_tokens"], ok["d_transferred"], "o-",
+                  label=f"{source}, {_n_label(n_params)}, D_F = {d_f_chars:.3g}")
+        for record in group[group["status"] != "ok"].itertuples():
+            axis.annotate(record.status, (record.d_p_tokens, max(record.d_f_chars, 1.0)), fontsize="x-small")
+    axis.set(xscale="log", yscale="log", xlabel=LABELS["d_p_tokens"], ylabel=LABELS["d_transferred"],
+             title="effective data transferred vs pretraining data")
+    axis.legend(fontsize="x-small")
     return figure

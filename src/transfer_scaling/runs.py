@@ -24,7 +24,7 @@ RUN_COLUMNS = [
 
 
 def run_record(run: dict, train: Path, validation: Path, tokenizer: Path, init_from: Path | None,
-               threads: int, source: str | None, size: str) -> dict:
+               threads: int, source: str | None, size: str, d_p_tokens: int | None = None) -> dict:
     """Join a run's settings (from the config) with its files: the trainer's spec plus what names the run."""
     _, train_meta = load_token_array(train, verify_hash=False)
     vocab_size = int(read_json(tokenizer)["vocab_size"])
@@ -46,6 +46,7 @@ def run_record(run: dict, train: Path, validation: Path, tokenizer: Path, init_f
         "size": size,
         "data_chars": int(train_meta["chars"]),
         "data_tokens": int(train_meta["tokens"]),
+        "d_p_tokens": d_p_tokens,
         "package_version": run["package_version"],
         "trainer": trainer,
     }
@@ -97,6 +98,33 @@ def collect_runs(run_dirs: Iterable[str | os.PathLike], results_root: str | os.P
             read_json(run_dir / "eval.json"),
         ))
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+SNAPSHOT_COLUMNS = ["run", "source", "size", "n_params", "d_f_chars", "d_p_tokens", "seed", "test_loss",
+                    "test_loss_per_token", "bleu", "exact_match", "n_tasks"]
+
+
+def collect_snapshot_runs(run_dirs: Iterable[str | os.PathLike], results_root: str | os.PathLike) -> pd.DataFrame:
+    """Fine-tuning runs started from pretraining snapshots: loss and downstream score against D_p."""
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        record, evaluation = read_json(run_dir / "spec.json"), read_json(run_dir / "eval.json")
+        downstream = read_json(run_dir / "downstream.json")
+        rows.append({
+            "run": Path(os.path.relpath(run_dir, Path(results_root) / "runs")).as_posix(),
+            "source": record["source"],
+            "size": record["size"],
+            "n_params": read_json(run_dir / "model.json")["n_params"],
+            "d_f_chars": record["data_chars"],
+            "d_p_tokens": record["d_p_tokens"],
+            "seed": record["trainer"]["seed"],
+            "test_loss": evaluation["test_loss_per_char"],
+            "test_loss_per_token": evaluation["test_loss_per_token"],
+            "bleu": downstream["bleu"],
+            "exact_match": downstream["exact_match"],
+            "n_tasks": downstream["n"],
+        })
+    return pd.DataFrame(rows, columns=SNAPSHOT_COLUMNS)
 
 
 def write_runs_table(table: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -1,0 +1,93 @@
+"""The pretraining-data axis (Isik et al. 2024): fine-tuning from each pretraining snapshot, a downstream
+line-completion score besides cross-entropy, and laws over D_p with a check on held-out D_p points."""
+
+
+rule downstream_tasks:
+    input:
+        documents=documents_dir(TARGET),
+    output:
+        f"{RESULTS}/pretraining_data/tasks.json",
+    params:
+        n_tasks=config["pretraining_data"]["n_tasks"],
+        context_chars=config["pretraining_data"]["context_chars"],
+        seed=config["seed"],
+    log:
+        f"{LOGS}/downstream_tasks.log",
+    script:
+        "../scripts/downstream_tasks.py"
+
+
+rule finetune_snapshot:
+    input:
+        train=subset_file(TARGET, "{chars}"),
+        validation=tokens_file(TARGET, "validation"),
+        tokenizer=TOKENIZER,
+        init=f"{RESULTS}/runs/pretrain/{{source}}/{{size}}/snapshots/tokens{{tokens}}.safetensors",
+    output:
+        **run_outputs(snapshot_finetune_dir()),
+    params:
+        spec=finetune_spec,
+    log:
+        f"{LOGS}/finetune_snapshot/{{source}}/{{size}}/p{{tokens}}/d{{chars}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/finetune_snapshot/{{source}}/{{size}}/p{{tokens}}/d{{chars}}_seed{{seed}}.tsv"
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../scripts/train.py"
+
+
+rule downstream:
+    input:
+        weights=f"{RESULTS}/runs/{{run}}/best.safetensors",
+        model=f"{RESULTS}/runs/{{run}}/model.json",
+        tokenizer=TOKENIZER,
+        tasks=f"{RESULTS}/pretraining_data/tasks.json",
+    output:
+        f"{RESULTS}/runs/{{run}}/downstream.json",
+    params:
+        batch_size=config["pretraining_data"]["batch_size"],
+        max_new_tokens=config["pretraining_data"]["max_new_tokens"],
+    log:
+        f"{LOGS}/downstream/{{run}}.log",
+    benchmark:
+        f"{BENCHMARKS}/downstream/{{run}}.tsv"
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    script:
+        "../scripts/downstream.py"
+
+
+rule pretraining_data_table:
+    input:
+        **snapshot_run_records(),
+    output:
+        report(f"{RESULTS}/pretraining_data/runs.csv", category="Pretraining data",
+               caption="../report/pretraining_data.rst"),
+    params:
+        runs=snapshot_runs(),
+    log:
+        f"{LOGS}/pretraining_data_table.log",
+    script:
+        "../scripts/pretraining_data_table.py"
+
+
+rule pretraining_data_fit:
+    input:
+        runs=f"{RESULTS}/pretraining_data/runs.csv",
+        transfer_fit=f"{RESULTS}/fit/transfer_fit.json",
+    output:
+        fit=report(f"{RESULTS}/pretraining_data/dp_fit.json", category="Pretraining data",
+                   caption="../report/pretraining_data.rst"),
+        figures=report(directory(f"{RESULTS}/pretraining_data/figures"), patterns=["{name}.png"],
+                       category="Pretraining data", caption="../report/pretraining_data.rst"),
+    params:
+        n_fit=config["pretraining_data"]["n_fit"],
+    log:
+        f"{LOGS}/pretraining_data_fit.log",
+    script:
+        "../scripts/pretraining_data_fit.py"
