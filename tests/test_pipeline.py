@@ -13,7 +13,7 @@ import pytest
 
 from conftest import new_study, run_workflow
 
-pytestmark = pytest.mark.slow
+
 
 SMOKE = ("--configfile", "presets/smoke.yaml")
 
@@ -45,6 +45,7 @@ def _job_counts(dry_run_output: str) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow
 def test_smoke_study_produces_tables_fit_and_figures(smoke_study):
     results = smoke_study / "results"
     runs = pd.read_csv(results / "runs.csv")
@@ -63,6 +64,7 @@ def test_smoke_study_produces_tables_fit_and_figures(smoke_study):
     assert {group["source"] for group in dp["groups"]} == {"text", "text_code"}
 
 
+@pytest.mark.slow
 def test_complete_study_has_nothing_to_do(smoke_study):
     started = time.monotonic()
     result = run_workflow(smoke_study, *SMOKE, "--dry-run")
@@ -71,6 +73,7 @@ def test_complete_study_has_nothing_to_do(smoke_study):
     print(f"dry run of a complete study: {elapsed:.1f} s")
 
 
+@pytest.mark.slow
 def test_adding_one_d_f_runs_only_the_new_jobs(smoke_study):
     (smoke_study / "more.yaml").write_text("finetune:\n  d_f_chars: [3000, 30000, 10000]\n")
     result = run_workflow(smoke_study, *SMOKE, "--configfile", "more.yaml", "--dry-run")
@@ -82,6 +85,7 @@ def test_adding_one_d_f_runs_only_the_new_jobs(smoke_study):
     assert {"runs_table", "fit", "figures"} <= set(counts)
 
 
+@pytest.mark.slow
 def test_report_holds_figures_and_fit(smoke_study):
     report = smoke_study / "report.html"
     run_workflow(smoke_study, *SMOKE, "--report", str(report))
@@ -89,6 +93,7 @@ def test_report_holds_figures_and_fit(smoke_study):
     assert "loss_vs_data" in html and "transfer_fit" in html
 
 
+@pytest.mark.slow
 def test_second_study_reuses_cached_corpora_and_pretraining(smoke_study, output_cache, tmp_path):
     other = new_study(tmp_path / "other-study")
     pretrained = "results/runs/pretrain/text/s/best.safetensors"
@@ -99,3 +104,11 @@ def test_second_study_reuses_cached_corpora_and_pretraining(smoke_study, output_
     assert output.read_bytes() == (smoke_study / pretrained).read_bytes()
     assert not (other / "results/logs/pretrain/text/s.log").exists(), "pretraining ran instead of coming from cache"
     assert not (other / "results/logs/corpus_documents/text.log").exists()
+
+
+def test_paper_preset_dry_runs_cleanly(tmp_path):
+    study = new_study(tmp_path / "paper")
+    result = run_workflow(study, "--configfile", "presets/paper.yaml", "--dry-run")
+    counts = _job_counts(result.stdout)
+    assert counts["pretrain"] == 2 * 4 and counts["finetune"] == 2 * 4 * 5 and counts["scratch"] == 4 * 6
+    assert not (study / "results").exists()

@@ -84,9 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--out", required=True, help="directory for the figures")
     figures.set_defaults(handler=_figures)
 
-    # `train` goes here: a subparser whose handler imports transfer_scaling.training inside itself and calls
-    # its main(), so that no other subcommand imports torch or deepspeed.
+    train = commands.add_parser("train", help="one resumable training run from a spec JSON (as the workflow runs it)")
+    train.add_argument("--spec", required=True, help="training spec JSON (see spec.json in any run directory)")
+    train.add_argument("--out", required=True, help="run directory (resumes from its checkpoint if one is there)")
+    train.set_defaults(handler=_train)
     return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .training import main as train_main  # torch and deepspeed load only for this subcommand
+
+    raise SystemExit(train_main(["--spec", args.spec, "--out", args.out]))
 
 
 HANDLED_ERRORS: tuple[type[Exception], ...] = (FitError, ValueError, OSError)
