@@ -93,8 +93,8 @@ def test_bad_config_names_key_and_value(default_config, schema, key, value, mess
 
 def test_d_f_above_target_size_is_refused(default_config, schema):
     config = validate_config(default_config, schema)
-    with pytest.raises(ConfigError, match=r"'finetune.d_f_chars': \[1000000\] exceed the target 'python'"):
-        check_target_size(config, target_train_chars=500_000)
+    with pytest.raises(ConfigError, match=r"'finetune.d_f_chars': \[300000\] exceed the target 'python'"):
+        check_target_size(config, target_train_chars=200_000)
 
 
 def test_presets_are_valid(default_config, schema):

@@ -207,18 +207,23 @@ def _is_archive(path: Path) -> bool:
 
 def _iter_archive(path: Path, include: list[str], exclude: list[str]) -> Iterator[tuple[str, bytes]]:
     """(source, bytes) of each regular file of a wheel/zip or tar archive whose path matches the globs."""
-    if path.name.endswith(ZIP_SUFFIXES):
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                if not info.is_dir() and path_matches(info.filename, include, exclude):
-                    yield f"{path.name}:{info.filename}", archive.read(info)
-    elif path.name.endswith(TAR_SUFFIXES):
-        with tarfile.open(path, "r:*") as archive:
-            for member in archive:
-                if member.isfile() and path_matches(member.name, include, exclude):
-                    yield f"{path.name}:{member.name}", archive.extractfile(member).read()
-    else:
-        raise CorpusError(f"{path}: not a supported archive; supported endings: {list(ZIP_SUFFIXES + TAR_SUFFIXES)}")
+    try:
+        if path.name.endswith(ZIP_SUFFIXES):
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    if not info.is_dir() and path_matches(info.filename, include, exclude):
+                        yield f"{path.name}:{info.filename}", archive.read(info)
+        elif path.name.endswith(TAR_SUFFIXES):
+            with tarfile.open(path, "r:*") as archive:
+                for member in archive:
+                    if member.isfile() and path_matches(member.name, include, exclude):
+                        yield f"{path.name}:{member.name}", archive.extractfile(member).read()
+        else:
+            raise CorpusError(
+                f"{path}: not a supported archive; supported endings: {list(ZIP_SUFFIXES + TAR_SUFFIXES)}")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+        raise CorpusError(f"{path}: not a readable archive ({type(exc).__name__}: {exc}); "
+                          "it is truncated or corrupt") from exc
 
 
 def _local_paths(pattern: str) -> list[Path]:

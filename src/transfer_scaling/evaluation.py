@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import read_json
+from .io import check_sha256_sidecar, read_json
 from .model import GPT, GPTConfig, load_weights
 from .tokens import load_token_array
 
@@ -21,8 +21,16 @@ from .tokens import load_token_array
 def load_model(weights_path: Path, model_json_path: Path) -> GPT:
     """Rebuild the architecture recorded in ``model.json`` and load the safetensors weights into it."""
     record = read_json(model_json_path)
-    config = GPTConfig(**{name: record[name] for name in GPTConfig.__dataclass_fields__})
+    fields = list(GPTConfig.__dataclass_fields__)
+    missing = [name for name in fields if not isinstance(record, dict) or name not in record]
+    if missing:
+        raise ValueError(f"{model_json_path}: missing architecture keys {missing}; a model.json holds {fields}")
+    try:
+        config = GPTConfig(**{name: record[name] for name in fields})
+    except ValueError as exc:
+        raise ValueError(f"{model_json_path}: {exc}") from exc
     model = GPT(config)
+    check_sha256_sidecar(weights_path)
     load_weights(model, weights_path)
     return model.eval()
 

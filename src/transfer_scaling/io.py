@@ -2,21 +2,47 @@
 
 Every file the project writes goes to a temporary name in the same directory and is renamed into
 place, so a job killed at any moment (SIGKILL included) leaves either the old file or the new one.
+A sha256 recorded at write time (a ``.sha256`` sidecar, a directory manifest) catches a file truncated
+or altered afterwards when it is read back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 
+logger = logging.getLogger(__name__)
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+SIDECAR_SUFFIX = ".sha256"
+
+
+class IntegrityError(ValueError):
+    """A file differs from the sha256 recorded when it was written: truncated, altered or replaced."""
+
+
+@contextlib.contextmanager
+def explain_full_disk(path: str | os.PathLike) -> Iterator[None]:
+    """Name the cause when writing ``path`` fails on a full file system: libraries report it as, e.g.,
+    "unexpected pos 576 vs 534" (torch.save) or a serialization error (safetensors)."""
+    path = Path(path)
+    try:
+        yield
+    except Exception as exc:
+        directory = next(folder for folder in (path, *path.parents) if folder.is_dir())
+        if os.strerror(errno.ENOSPC) in str(exc) or os.statvfs(directory).f_bavail == 0:
+            raise OSError(errno.ENOSPC, f"no space left on the device holding {directory} while writing "
+                                        f"{path.name} ({type(exc).__name__}: {exc})") from exc
+        raise
 
 
 @contextlib.contextmanager
@@ -29,9 +55,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give outputs the usual permissions
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
+        with explain_full_disk(path):
+            yield tmp_path
+            with open(tmp_path, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -52,8 +79,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; a truncated or altered one is reported with its path, not just a line number."""
     with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        try:
+            return json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc}); the file is truncated or altered") from exc
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -67,3 +98,60 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def write_sha256_sidecar(path: str | os.PathLike) -> str:
+    """Record the sha256 of ``path`` in ``path.sha256`` (``sha256sum -c`` format), atomically."""
+    path = Path(path)
+    digest = sha256_file(path)
+    with atomic_open(sidecar_path(path), "w", encoding="utf-8") as handle:
+        handle.write(f"{digest}  {path.name}\n")
+    return digest
+
+
+def check_sha256_sidecar(path: str | os.PathLike) -> None:
+    """Refuse ``path`` if it differs from its sidecar; a file without one (written elsewhere) is only logged."""
+    path, sidecar = Path(path), sidecar_path(path)
+    if not sidecar.exists():
+        logger.warning("%s has no %s sidecar: its integrity is not verified", path, sidecar.name)
+        return
+    fields = sidecar.read_text(encoding="utf-8").split()
+    expected = fields[0] if fields else ""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise IntegrityError(f"{path}: sha256 {actual} differs from {expected or 'nothing'} recorded in "
+                             f"{sidecar.name}; the file is truncated or altered")
+
+
+def directory_manifest(directory: str | os.PathLike) -> dict[str, str]:
+    """sha256 of every file under ``directory`` by relative path, each flushed to disk first, so a marker
+    written after the manifest never describes data still only in the page cache."""
+    directory = Path(directory)
+    manifest = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        manifest[path.relative_to(directory).as_posix()] = sha256_file(path)
+    return manifest
+
+
+def check_directory_manifest(directory: str | os.PathLike, manifest: dict[str, str]) -> None:
+    """Refuse a directory whose files are missing, unlisted or differ from ``manifest``; name the file at fault."""
+    directory = Path(directory)
+    unlisted = sorted(p for p in directory.rglob("*") if p.is_file() and p.relative_to(directory).as_posix()
+                      not in manifest)
+    if unlisted:
+        raise IntegrityError(f"{unlisted[0]}: not recorded in the manifest of {directory}; it was added later")
+    for name, expected in sorted(manifest.items()):
+        path = directory / name
+        if not path.is_file():
+            raise IntegrityError(f"{path}: missing, though recorded in the manifest of {directory}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise IntegrityError(f"{path}: sha256 {actual} differs from {expected} recorded when it was "
+                                 f"written; the file is truncated or altered")

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -137,7 +138,10 @@ def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Non
 
 def load_weights(model: GPT, path: str | os.PathLike) -> None:
     """Load safetensors weights into ``model`` after checking that names and shapes match exactly."""
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except SafetensorError as exc:
+        raise WeightsMismatchError(f"{path}: not a readable safetensors file ({exc})") from exc
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in tensors.items()}
     if expected != found:

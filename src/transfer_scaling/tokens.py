@@ -16,6 +16,7 @@ import numpy as np
 from .io import atomic_path, read_json, sha256_file, write_json
 
 DTYPE = np.dtype("<u2")
+META_KEYS = ("tokens", "chars", "sha256")
 
 
 class TokenFileError(ValueError):
@@ -47,6 +48,9 @@ def load_token_array(bin_path: str | os.PathLike, verify_hash: bool = True) -> t
         if not path.exists():
             raise TokenFileError(f"token file missing: {path}")
     meta = read_json(json_path)
+    missing = [key for key in META_KEYS if not isinstance(meta, dict) or key not in meta]
+    if missing:
+        raise TokenFileError(f"{json_path}: metadata lacks {missing}; it was not written by write_token_array")
     expected_bytes = int(meta["tokens"]) * DTYPE.itemsize
     actual_bytes = bin_path.stat().st_size
     if actual_bytes != expected_bytes:

@@ -14,7 +14,9 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
+import re
 import shutil
 import signal
 import socket
@@ -31,7 +33,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .io import atomic_open, atomic_path, read_json, write_json
+from .io import (IntegrityError, atomic_open, atomic_path, check_directory_manifest, check_sha256_sidecar,
+                 directory_manifest, explain_full_disk, read_json, sidecar_path, write_json,
+                 write_sha256_sidecar)
 from .model import GPT, GPTConfig, load_weights, n_params, save_weights
 from .tokens import load_token_array
 
@@ -51,6 +55,14 @@ class SpecError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class DeviceError(RuntimeError):
+    """The job asks for a device or precision this machine does not have."""
+
+
+class CheckpointError(RuntimeError):
+    """A resume checkpoint failed verification, so it is never loaded."""
 
 
 class TrainingInterrupted(Exception):
@@ -255,8 +267,25 @@ def load_tokens(path: Path, config: GPTConfig, role: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- engine
+def check_cuda_request() -> None:
+    """A job given GPUs (CUDA_VISIBLE_DEVICES, as SLURM sets it) must not silently train on the CPU."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if visible and visible != "-1" and not torch.cuda.is_available():
+        raise DeviceError(f"CUDA_VISIBLE_DEVICES={visible!r} asks for GPU(s), but torch {torch.__version__} sees no "
+                          f"usable CUDA device (CPU-only build, no driver, or no GPU on this node); unset "
+                          f"CUDA_VISIBLE_DEVICES to train on the CPU")
+
+
+def check_precision(deepspeed: ModuleType, precision: str) -> None:
+    accelerator = deepspeed.get_accelerator()
+    if precision == "bf16" and not accelerator.is_bf16_supported():
+        raise DeviceError(f"spec key 'precision' is 'bf16', but the {accelerator.device_name()} accelerator of "
+                          f"this machine does not support bf16; use precision fp32")
+
+
 def import_deepspeed() -> ModuleType:
     """Import DeepSpeed for this process: CPU accelerator without a GPU, and no JIT-compiled shm op."""
+    check_cuda_request()
     cpu = not torch.cuda.is_available()
     if cpu:
         os.environ["DS_ACCELERATOR"] = "cpu"
@@ -317,13 +346,48 @@ def seed_everything(seed: int, threads: int) -> None:
 
 
 def rng_states() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states in plain Python types and tensors, so a checkpoint loads with ``weights_only=True``."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (name, keys.tolist(), position, has_gauss, cached_gaussian),
+            "torch": torch.get_rng_state()}
 
 
 def restore_rng_states(states: dict) -> None:
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, keys, position, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(states["torch"])
+
+
+def checkpoint_safe_globals() -> list:
+    """The only classes a DeepSpeed checkpoint of this trainer pickles besides tensors and builtins."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def check_checkpoint(tag_dir: Path, manifest: dict[str, str] | None) -> None:
+    """Refuse a checkpoint that differs from the sha256 manifest written with it, or that holds any pickled
+    object outside the allow-list: DeepSpeed loads checkpoints with ``torch.load(weights_only=False)``,
+    which would run the code a planted pickle names."""
+    restart = f"delete {tag_dir.parent} to restart the run from step 0"
+    if manifest is None:
+        raise CheckpointError(f"{tag_dir.parent / 'complete.json'} records no sha256 manifest of {tag_dir.name}; {restart}")
+    try:
+        check_directory_manifest(tag_dir, manifest)
+    except IntegrityError as exc:
+        raise CheckpointError(f"checkpoint refused: {exc}; {restart}") from exc
+    with torch.serialization.safe_globals(checkpoint_safe_globals()):
+        for path in sorted(tag_dir.glob("*.pt")):
+            try:
+                torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as exc:
+                reason = re.search(r"Unsupported [^\n]*?(?=\. |\n|$)", str(exc))
+                raise CheckpointError(f"checkpoint refused: {path} holds a pickled object outside the allow-list of "
+                                      f"a training checkpoint ({reason.group(0) if reason else exc}); loading it "
+                                      f"could run arbitrary code; {restart}") from None
 
 
 @contextmanager
@@ -387,6 +451,7 @@ class Trainer:
         self.best_path = out_dir / "best.safetensors"
         self.metrics_path = out_dir / "metrics.jsonl"
         self.deepspeed = import_deepspeed()
+        check_precision(self.deepspeed, run.precision)
         single_process_env()
         self.world_size = int(os.environ["WORLD_SIZE"])
         self.rank = int(os.environ["RANK"])
@@ -400,6 +465,7 @@ class Trainer:
         self.val_starts = validation_starts(len(self.val_tokens), run.model.n_ctx, run.eval_tokens)
         model = GPT(run.model)
         if run.init_from is not None:
+            check_sha256_sidecar(run.init_from)
             load_weights(model, run.init_from)
         self.n_params = n_params(model)
         self.optimizer = make_optimizer(model, run.lr, run.betas, run.weight_decay)
@@ -466,17 +532,23 @@ class Trainer:
         self.engine.train()
         return total.item() / (len(self.val_starts) * self.run.model.n_ctx)
 
+    def write_weights(self, state: dict[str, torch.Tensor], path: Path) -> None:
+        """Weights plus their sha256 sidecar, checked wherever they are loaded (evaluation, fine-tuning)."""
+        if self.is_main:
+            save_weights(state, path)
+            write_sha256_sidecar(path)
+
     def save_snapshot(self) -> None:
         """Weights at a configured step, kept whatever early stopping later decides."""
-        state = self.module_state()
-        if self.is_main:
-            save_weights(state, snapshot_path(self.out_dir, self.tokens_seen))
+        self.write_weights(self.module_state(), snapshot_path(self.out_dir, self.tokens_seen))
         self.info("snapshot written at step %d (%d tokens)", self.progress.step, self.tokens_seen)
 
     def kept_files(self) -> list[Path]:
-        """Outputs written before a checkpoint that a resumed run must find again (best weights, snapshots)."""
+        """Outputs written before a checkpoint that a resumed run must find again (best weights, snapshots),
+        linked into it; metrics.jsonl, appended in place, is copied instead. Snakemake deletes all of them
+        before rerunning an incomplete job."""
         snapshots = sorted((self.out_dir / "snapshots").glob("tokens*.safetensors"))
-        return [self.best_path, *snapshots]
+        return [path for weights in (self.best_path, *snapshots) for path in (weights, sidecar_path(weights))]
 
     def module_state(self) -> dict[str, torch.Tensor]:
         """Full module weights; under ZeRO-3 they are gathered from the shards (a collective on every rank)."""
@@ -514,9 +586,7 @@ class Trainer:
         is_best = val_loss < progress.best_val_loss
         if is_best:
             progress.best_val_loss, progress.best_step, progress.evals_since_best = val_loss, progress.step, 0
-            state = self.module_state()
-            if self.is_main:
-                save_weights(state, self.best_path)
+            self.write_weights(self.module_state(), self.best_path)
         else:
             progress.evals_since_best += 1
         self.info("step %d  val loss %.4f%s", progress.step, val_loss, "  (best)" if is_best else "")
@@ -529,16 +599,21 @@ class Trainer:
         self.check_losses()
         tag = f"step{self.progress.step:08d}"
         client_state = {"progress": dataclasses.asdict(self.progress), "rng": rng_states()}
-        self.engine.save_checkpoint(str(self.checkpoint_dir), tag=tag, client_state=client_state, save_latest=False)
+        with explain_full_disk(self.checkpoint_dir / tag):
+            self.engine.save_checkpoint(str(self.checkpoint_dir), tag=tag, client_state=client_state,
+                                        save_latest=False)
         if self.is_main:
+            kept_dir = self.checkpoint_dir / tag / "kept"
             for kept in self.kept_files():
-                link = self.checkpoint_dir / tag / "kept" / kept.relative_to(self.out_dir)
+                link = kept_dir / kept.relative_to(self.out_dir)
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.unlink(missing_ok=True)
                 os.link(kept, link)
+            shutil.copyfile(self.metrics_path, kept_dir / self.metrics_path.name)
         self.barrier()
         if self.is_main:
-            write_json(self.checkpoint_dir / "complete.json", {"tag": tag, "step": self.progress.step})
+            write_json(self.checkpoint_dir / "complete.json",
+                       {"tag": tag, "step": self.progress.step, "sha256": directory_manifest(self.checkpoint_dir / tag)})
             for old in self.checkpoint_dir.iterdir():
                 if old.is_dir() and old.name != tag:
                     shutil.rmtree(old)
@@ -548,7 +623,9 @@ class Trainer:
         """Continue from the last complete checkpoint, or start afresh (dropping any partial one)."""
         marker = self.checkpoint_dir / "complete.json"
         if marker.exists():
-            tag = read_json(marker)["tag"]
+            record = read_json(marker)
+            tag = record["tag"]
+            check_checkpoint(self.checkpoint_dir / tag, record.get("sha256"))
             load_path, client_state = self.engine.load_checkpoint(str(self.checkpoint_dir), tag=tag)
             if load_path is None:
                 raise RuntimeError(f"{self.checkpoint_dir}: checkpoint {tag} is marked complete but did not load")
@@ -556,7 +633,7 @@ class Trainer:
             restore_rng_states(client_state["rng"])
             if self.is_main:
                 kept_dir = self.checkpoint_dir / tag / "kept"
-                for kept in sorted(kept_dir.rglob("*.safetensors")):
+                for kept in sorted(path for path in kept_dir.rglob("*") if path.is_file()):
                     with atomic_path(self.out_dir / kept.relative_to(kept_dir)) as tmp:
                         shutil.copyfile(kept, tmp)
             self.info("resumed from checkpoint %s at step %d", tag, self.progress.step)
@@ -601,9 +678,9 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict:
         run = self.run
+        self.resume()
         if self.is_main:
             write_json(self.out_dir / "model.json", {**run.model.to_dict(), "n_params": self.n_params})
-        self.resume()
         wall_before, started = self.progress.wall_seconds, time.perf_counter()
         self.metrics = open(self.metrics_path, "a", encoding="utf-8") if self.is_main else None
         try:

@@ -7,7 +7,8 @@ jobs it touches (params are one of Snakemake's re-run triggers).
 import re
 
 import transfer_scaling
-from transfer_scaling.config import model_shapes, run_options, snapshot_tokens
+from transfer_scaling.config import check_target_size, model_shapes, run_options, snapshot_tokens
+from transfer_scaling.io import read_json
 
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
@@ -22,7 +23,7 @@ D_F_CHARS = config["finetune"]["d_f_chars"]
 D_SCRATCH_CHARS = config["scratch"]["d_chars"]
 SEEDS = config["seeds"]
 SNAPSHOT_TOKENS = snapshot_tokens(config)
-RUN_FILES = ("spec.json", "best.safetensors", "model.json", "summary.json", "metrics.jsonl")
+RUN_FILES = ("spec.json", "best.safetensors", "best.safetensors.sha256", "model.json", "summary.json", "metrics.jsonl")
 
 
 def _alternatives(names):
@@ -46,13 +47,16 @@ wildcard_constraints:
 
 def run_outputs(run_dir):
     """Named outputs of a training run (named, so the output cache can store several files)."""
-    return {name.split(".")[0]: f"{run_dir}/{name}" for name in RUN_FILES}
+    return {name.replace(".safetensors.", "_").split(".")[0]: f"{run_dir}/{name}" for name in RUN_FILES}
 
 
 def pretrain_outputs():
     """A pretraining run's files plus its D_p snapshots (weights after a given number of tokens)."""
     run_dir = pretrain_dir()
-    snapshots = {f"snapshot_{tokens}": f"{run_dir}/snapshots/tokens{tokens}.safetensors" for tokens in SNAPSHOT_TOKENS}
+    snapshots = {}
+    for tokens in SNAPSHOT_TOKENS:
+        snapshots[f"snapshot_{tokens}"] = f"{run_dir}/snapshots/tokens{tokens}.safetensors"
+        snapshots[f"snapshot_{tokens}_sha256"] = f"{run_dir}/snapshots/tokens{tokens}.safetensors.sha256"
     return {**run_outputs(run_dir), **snapshots}
 
 
@@ -85,6 +89,13 @@ def subset_file(corpus, chars):
 
 
 TOKENIZER = f"{RESULTS}/tokenizer/tokenizer.json"
+
+# Once the target is built, every D must fit in its training split: refuse the config before any job runs.
+if os.path.exists(f"{RESULTS}/corpora/{TARGET}/documents.json"):
+    try:
+        check_target_size(config, read_json(f"{RESULTS}/corpora/{TARGET}/documents.json")["splits"]["train"]["chars"])
+    except ConfigError as error:
+        raise WorkflowError(f"invalid configuration: {error}") from None
 
 
 # ---------------------------------------------------------------- corpora

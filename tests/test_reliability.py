@@ -1,0 +1,301 @@
+"""Faults: SIGKILL at a random checkpoint, divergence, a full disk and a missing device, for the trainer
+alone and for jobs of the smoke pipeline; and bit-for-bit determinism of the evaluation on CPU.
+
+The pipeline tests share one finished smoke study (the reference) and work on copies of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import SNAKEMAKE, ROOT, new_study, run_workflow
+from test_training import TIMING_KEYS, make_spec, read_metrics, run_cli, write_bytes_tokens
+from transfer_scaling import training
+from transfer_scaling.evaluation import evaluate
+from transfer_scaling.io import read_json
+from transfer_scaling.model import GPT, GPTConfig, save_weights
+from transfer_scaling.tokens import write_token_array
+from transfer_scaling.training import DeviceError, train
+
+SMOKE = ("--configfile", "presets/smoke.yaml")
+LOSS_COLUMNS = ["run", "test_loss", "test_loss_per_token", "best_val_loss", "steps", "best_step", "tokens_seen"]
+RNG = random.Random()
+
+
+def without_timing(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMING_KEYS}
+
+
+def wait_for_checkpoint(run_dir: Path, step: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Return as soon as ``run_dir`` holds a complete checkpoint of ``step`` or later."""
+    marker = run_dir / "checkpoint" / "complete.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if read_json(marker)["step"] >= step:
+                return
+        except FileNotFoundError:
+            pass
+        if process.poll() is not None:
+            raise AssertionError(f"the process ended ({process.returncode}) before a checkpoint of step {step}")
+        time.sleep(0.005)
+    raise AssertionError(f"no checkpoint of step {step} in {run_dir} after {timeout} s")
+
+
+# ------------------------------------------------------------------------------------ atomic writes
+
+APPEND_ONLY = {
+    ("logs.py", "open"): "a job's log, appended line by line, kept across reruns",
+    ("launch.py", "open"): "the same job log, appended by the ranks a launcher starts",
+    ("training.py", "open"): "metrics.jsonl, appended per event; a resume restores the checkpoint's copy",
+}
+DIRECT_WRITES = {"open", "write_text", "write_bytes", "torch.save", "np.save", "numpy.save", "json.dump"}
+
+
+def direct_writes(path: Path) -> list[tuple[str, int]]:
+    """Calls in ``path`` that write a file in place (open in a write mode, write_text, torch.save, ...)."""
+    found = []
+    for call in (n for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if isinstance(n, ast.Call)):
+        name = ast.unparse(call.func)
+        short = name.rsplit(".", 1)[-1] if name.endswith(("write_text", "write_bytes")) else name
+        if short not in DIRECT_WRITES:
+            continue
+        if short == "open":
+            mode = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "mode"), None)
+            if not (isinstance(mode, ast.Constant) and set(mode.value) & set("wax+")):
+                continue
+        found.append((short, call.lineno))
+    return found
+
+
+def test_package_writes_files_only_through_the_atomic_helpers() -> None:
+    """io.atomic_path/atomic_open/write_json are the only writers, besides the two append-only streams."""
+    package = ROOT / "src" / "transfer_scaling"
+    offences = [f"{path.name}:{line} {name}" for path in sorted(package.glob("*.py")) if path.name != "io.py"
+                for name, line in direct_writes(path) if (path.name, name) not in APPEND_ONLY]
+    assert offences == []
+    io_writes = direct_writes(package / "io.py")
+    assert io_writes and all(name in ("open", "json.dump") for name, _ in io_writes)
+
+
+# ------------------------------------------------------------------------------------ the trainer alone
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tokens")
+    return {"train": write_bytes_tokens(root / "train.bin", [argparse.__file__, json.decoder.__file__]),
+            "val": write_bytes_tokens(root / "val.bin", [textwrap.__file__])}
+
+
+@pytest.mark.slow
+def test_trainer_killed_twice_resumes_bit_identical(data, tmp_path: Path) -> None:
+    """SIGKILL (no handler, no checkpoint on the way out) at two random checkpoints, each rerun a new process."""
+    spec = make_spec(data, max_steps=200, eval_interval=20, checkpoint_interval=10, patience=100, log_interval=10)
+    reference = run_cli(spec, tmp_path / "reference", [sys.executable])
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()
+    first, second = sorted(RNG.sample(range(10, 190, 10), 2))
+    for kill_after in (first, second):
+        process = run_cli(spec, tmp_path / "killed", [sys.executable])
+        wait_for_checkpoint(tmp_path / "killed", kill_after, process)
+        process.kill()
+        assert process.wait(timeout=60) == -signal.SIGKILL
+    resumed = run_cli(spec, tmp_path / "killed", [sys.executable])
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "resumed from checkpoint" in output, f"killed after steps {first}, {second}, yet nothing to resume:\n{output}"
+    for name in ("best.safetensors", "best.safetensors.sha256"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+    assert without_timing(read_json(tmp_path / "killed/summary.json")) == \
+        without_timing(read_json(tmp_path / "reference/summary.json"))
+    assert read_metrics(tmp_path / "killed") == read_metrics(tmp_path / "reference")
+
+
+@pytest.mark.slow
+def test_same_config_and_seed_give_the_same_test_loss_bit_for_bit(data, tmp_path: Path) -> None:
+    """Two trainings of one spec in separate processes, each evaluated: equal to the last bit on CPU."""
+    spec = make_spec(data, max_steps=40)
+    test = tmp_path / "test.bin"
+    tokens = (Path(argparse.__file__).read_bytes() + Path(textwrap.__file__).read_bytes())[:20_000]
+    write_token_array(test, list(tokens), chars=len(tokens))
+    results = []
+    for name in ("a", "b"):
+        process = run_cli(spec, tmp_path / name, [sys.executable])
+        assert process.wait(timeout=300) == 0, process.stdout.read()
+        results.append(evaluate(tmp_path / name / "best.safetensors", tmp_path / name / "model.json", test))
+    assert results[0] == results[1]
+    assert (tmp_path / "a/best.safetensors").read_bytes() == (tmp_path / "b/best.safetensors").read_bytes()
+
+
+def test_gpus_granted_but_not_usable_are_refused_before_training(data, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(DeviceError, match=r"CUDA_VISIBLE_DEVICES='0,1' asks for GPU\(s\), but torch .* sees no usable"):
+        train(make_spec(data), tmp_path / "run")
+    assert not list((tmp_path / "run").iterdir())
+
+
+def test_bf16_on_an_accelerator_without_it_is_refused(data, tmp_path, monkeypatch) -> None:
+    """No accelerator here lacks bf16 (the CPU has it), so this one case stands in for an old GPU."""
+    accelerator = training.import_deepspeed().get_accelerator()
+    monkeypatch.setattr(accelerator, "is_bf16_supported", lambda: False)
+    with pytest.raises(DeviceError, match="'precision' is 'bf16', but the cpu accelerator .* use precision fp32"):
+        train(make_spec(data, precision="bf16"), tmp_path / "run")
+    assert not list((tmp_path / "run").iterdir())
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path):
+    """A 96 KiB tmpfs; skipped where mounting is not permitted."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_full_disk_is_named_as_the_cause_and_leaves_nothing(small_disk: Path) -> None:
+    weights = small_disk / "best.safetensors"
+    with pytest.raises(OSError, match=f"no space left on the device holding {small_disk} while writing "
+                                      f"best.safetensors .*SafetensorError"):
+        save_weights(GPT(GPTConfig(n_layer=2, d_model=64, n_head=2, n_ctx=64, vocab_size=257)).state_dict(), weights)
+    assert list(small_disk.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------ the smoke pipeline
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory) -> Path:
+    """The smoke pipeline up to the runs table, run once without faults: the reference every fault is
+    compared with."""
+    study = new_study(tmp_path_factory.mktemp("reference") / "study")
+    started = time.monotonic()
+    run_workflow(study, "results/runs.csv", *SMOKE, timeout=1800)
+    print(f"reference smoke pipeline: {time.monotonic() - started:.0f} s")
+    return study
+
+
+def copy_study(reference: Path, target: Path, *runs: str) -> Path:
+    """A copy of the finished study (timestamps and Snakemake metadata kept) without the given runs."""
+    shutil.copytree(reference, target, symlinks=True)
+    for run in runs:
+        shutil.rmtree(target / "results" / "runs" / run)
+    return target
+
+
+def kill_study(process: subprocess.Popen, study: Path) -> None:
+    """SIGKILL Snakemake's process group, then any job of this study that left the group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.readlink(proc / "cwd").startswith(str(study)):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+
+
+def log_of(study: Path, run: str) -> str:
+    return (study / "results" / "logs" / f"{run}.log").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_pipeline_killed_mid_pretraining_resumes_bit_identical(smoke_study: Path, tmp_path: Path) -> None:
+    run = "pretrain/text_code/m"
+    study = copy_study(smoke_study, tmp_path / "study", run)
+    (study / "results" / "runs.csv").unlink()  # with the table present, Snakemake would not redo a deleted run
+    run_dir = study / "results" / "runs" / run
+    steps = read_json(smoke_study / "results" / "runs" / run / "spec.json")["trainer"]
+    kill_after = RNG.randrange(steps["checkpoint_interval"], steps["max_steps"], steps["checkpoint_interval"])
+    command = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "-d", str(study), "results/runs.csv", *SMOKE]
+    process = subprocess.Popen(command, cwd=study, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        wait_for_checkpoint(run_dir, kill_after, process)
+    finally:
+        kill_study(process, study)
+    assert not (run_dir / "summary.json").exists(), "the job finished before the kill"
+
+    run_workflow(study, "--unlock", *SMOKE)
+    run_workflow(study, "results/runs.csv", "--rerun-incomplete", *SMOKE, timeout=1800)
+    assert "resumed from checkpoint" in log_of(study, run)
+    reference_dir = smoke_study / "results" / "runs" / run
+    assert (run_dir / "best.safetensors").read_bytes() == (reference_dir / "best.safetensors").read_bytes()
+    assert without_timing(read_json(run_dir / "summary.json")) == without_timing(read_json(reference_dir / "summary.json"))
+    assert read_metrics(run_dir) == read_metrics(reference_dir)
+    table, reference = (pd.read_csv(s / "results" / "runs.csv")[LOSS_COLUMNS] for s in (study, smoke_study))
+    pd.testing.assert_frame_equal(table, reference)
+
+
+@pytest.mark.slow
+def test_pipeline_divergence_fails_its_jobs_and_keep_going_finishes_the_rest(smoke_study: Path,
+                                                                              tmp_path: Path) -> None:
+    """A weight decay of 1e30 makes every from-scratch run diverge within two steps (the schema caps lr at 1,
+    which cannot make AdamW diverge); a fine-tuning run that had to be redone still completes."""
+    redone = "finetune/text/s/d3000_seed0"
+    study = copy_study(smoke_study, tmp_path / "study", redone)
+    (study / "diverge.yaml").write_text("scratch: {options: {weight_decay: 1.0e+30}}\n")
+    result = run_workflow(study, "results/runs.csv", "--keep-going", *SMOKE, "diverge.yaml", check=False, timeout=1800)
+    assert result.returncode != 0
+    scratch_runs = sorted(p.relative_to(study / "results" / "logs").with_suffix("").as_posix()
+                          for p in (study / "results" / "logs" / "scratch").rglob("*.log"))
+    assert len(scratch_runs) == 6
+    for run in scratch_runs:
+        log = log_of(study, run)
+        assert re.search(r"TrainingDiverged: loss became nan at step \d+ \(lr [-+.e\d]+\); last finite loss \d", log), \
+            log[-2000:]
+        assert not (study / "results" / "runs" / run / "summary.json").exists()
+    assert (study / "results" / "runs" / redone / "eval.json").exists(), result.stdout[-3000:]
+    assert read_json(study / "results" / "runs" / redone / "eval.json") == \
+        read_json(smoke_study / "results" / "runs" / redone / "eval.json")
+
+
+def rerun_scratch(study: Path, run: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_workflow(study, f"results/runs/{run}/summary.json", *SMOKE, env=env, check=False)
+
+
+@pytest.mark.slow
+def test_pipeline_job_asking_for_a_missing_gpu_fails_with_the_cause(smoke_study: Path, tmp_path: Path) -> None:
+    run = "scratch/s/d3000_seed0"
+    study = copy_study(smoke_study, tmp_path / "study", run)
+    result = rerun_scratch(study, run, env={"CUDA_VISIBLE_DEVICES": "0"})
+    assert result.returncode != 0
+    log = log_of(study, run).strip()
+    assert log.splitlines()[-1].startswith("transfer_scaling.training.DeviceError: CUDA_VISIBLE_DEVICES='0' asks "
+                                           "for GPU(s), but torch"), log[-2000:]
+    assert log.count('File "') <= 6, f"a deep traceback:\n{log}"
+    assert not list((study / "results" / "runs" / run).glob("*.safetensors"))
+
+
+@pytest.mark.slow
+def test_pipeline_job_on_a_full_disk_fails_with_the_cause(smoke_study: Path, tmp_path: Path, small_disk: Path) -> None:
+    run = "scratch/m/d30000_seed0"
+    study = copy_study(smoke_study, tmp_path / "study", run)
+    (study / "results" / "runs" / run).symlink_to(small_disk, target_is_directory=True)
+    result = rerun_scratch(study, run)
+    assert result.returncode != 0
+    log = log_of(study, run)
+    assert "OSError: [Errno 28] no space left on the device holding" in log, log[-3000:]
+    assert not list(small_disk.rglob("*.tmp")), "a temporary file was left behind"
