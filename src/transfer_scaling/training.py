@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -297,13 +298,22 @@ def import_deepspeed() -> ModuleType:
 
 
 def single_process_env() -> None:
-    """Let ``deepspeed.initialize`` run without a launcher (torchrun and deepspeed set these)."""
+    """Let ``deepspeed.initialize`` run without a launcher (torchrun and deepspeed set these).
+
+    A lone process joins a one-member process group through a private file store: a TCP port picked here
+    could be taken by a concurrent job before the store binds it (EADDRINUSE under parallel workflows).
+    DeepSpeed reuses an initialised group and only checks that the launcher variables exist.
+    """
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
     if "MASTER_PORT" not in os.environ:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+    if os.environ["WORLD_SIZE"] == "1" and not dist.is_initialized():
+        store = Path(tempfile.mkdtemp(prefix="transfer-scaling-dist-")) / "store"
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, betas: tuple[float, float],

@@ -16,8 +16,9 @@ rule evaluate:
         f"{BENCHMARKS}/evaluate/{{run}}.tsv"
     threads: config["training"]["threads"]
     resources:
-        mem_mb=2000,
-        runtime=20,
+        **evaluation_resources(),
+    group:
+        evaluation_group()
     script:
         "../scripts/evaluate.py"
 

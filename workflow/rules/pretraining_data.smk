@@ -33,8 +33,9 @@ rule finetune_snapshot:
         f"{BENCHMARKS}/finetune_snapshot/{{source}}/{{size}}/p{{tokens}}/d{{chars}}_seed{{seed}}.tsv"
     threads: config["training"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **training_resources("finetune"),
+    group:
+        training_group("finetune")
     script:
         "../scripts/train.py"
 
@@ -56,8 +57,9 @@ rule downstream:
         f"{BENCHMARKS}/downstream/{{run}}.tsv"
     threads: config["training"]["threads"]
     resources:
-        mem_mb=2000,
-        runtime=20,
+        **evaluation_resources(),
+    group:
+        evaluation_group()
     script:
         "../scripts/downstream.py"
 

@@ -19,8 +19,7 @@ rule pretrain:
         f"{LOGS}/pretrain/{{source}}/{{size}}.log",
     threads: config["training"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=120,
+        **training_resources("pretrain"),
     cache: True
     script:
         "../scripts/train.py"
@@ -42,8 +41,9 @@ rule finetune:
         f"{BENCHMARKS}/finetune/{{source}}/{{size}}/d{{chars}}_seed{{seed}}.tsv"
     threads: config["training"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **training_resources("finetune"),
+    group:
+        training_group("finetune")
     script:
         "../scripts/train.py"
 
@@ -63,7 +63,8 @@ rule scratch:
         f"{BENCHMARKS}/scratch/{{size}}/d{{chars}}_seed{{seed}}.tsv"
     threads: config["training"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **training_resources("scratch"),
+    group:
+        training_group("scratch")
     script:
         "../scripts/train.py"

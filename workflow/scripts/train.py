@@ -1,11 +1,20 @@
-"""Snakemake adapter: one pretraining, fine-tuning or from-scratch run through the DeepSpeed trainer."""
+"""Snakemake adapter: one pretraining, fine-tuning or from-scratch run through the DeepSpeed trainer.
 
+One process trains here, in the job's own process; a job given several GPUs or nodes starts the trainer on
+each of them through transfer_scaling.launch. Either way a stop on SIGTERM/SIGUSR1 exits with code 75
+after a checkpoint, and the retried job resumes from it.
+"""
+
+import logging
+import os
+import sys
 from pathlib import Path
 
 from transfer_scaling.io import write_json
+from transfer_scaling.launch import launch_logged
 from transfer_scaling.logs import log_to_file
 from transfer_scaling.runs import run_record
-from transfer_scaling.training import train
+from transfer_scaling.training import INTERRUPTED_EXIT_CODE, TrainingInterrupted, train
 
 log_to_file(snakemake.log[0])
 record = run_record(
@@ -13,11 +22,24 @@ record = run_record(
     train=Path(snakemake.input.train),
     validation=Path(snakemake.input.validation),
     tokenizer=Path(snakemake.input.tokenizer),
-    init_from=Path(snakemake.input.init) if "init" in snakemake.input.keys() else None,
+    init_from=Path(snakemake.input.init) if hasattr(snakemake.input, "init") else None,
     threads=snakemake.threads,
     source=getattr(snakemake.wildcards, "source", None),
     size=snakemake.wildcards.size,
 )
 out_dir = Path(snakemake.output.summary).parent
 write_json(snakemake.output.spec, record)
-train(record["trainer"], out_dir)
+nodes = snakemake.resources.get("nodes", 1)
+processes_per_node = max(1, snakemake.resources.get("gpu", 0) // nodes)
+logging.getLogger("transfer_scaling.train").info(
+    "%d process(es) per node on %d node(s); CUDA_VISIBLE_DEVICES=%s; SLURM job %s", processes_per_node, nodes,
+    os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), os.environ.get("SLURM_JOB_ID", "none"))
+if nodes * processes_per_node > 1:
+    trainer_spec = out_dir / "trainer.json"
+    write_json(trainer_spec, record["trainer"])
+    sys.exit(launch_logged(trainer_spec, out_dir, processes_per_node, Path(snakemake.log[0])))
+try:
+    train(record["trainer"], out_dir)
+except TrainingInterrupted as stop:
+    print(stop, file=sys.stderr)
+    sys.exit(INTERRUPTED_EXIT_CODE)
