@@ -26,6 +26,7 @@ record = run_record(
     threads=snakemake.threads,
     source=getattr(snakemake.wildcards, "source", None),
     size=snakemake.wildcards.size,
+    d_p_tokens=int(snakemake.wildcards.tokens) if hasattr(snakemake.wildcards, "tokens") else None,
 )
 out_dir = Path(snakemake.output.summary).parent
 write_json(snakemake.output.spec, record)
