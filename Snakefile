@@ -31,6 +31,23 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+# Wildcards take only values named in the config, so no path can reach outside results/.
+wildcard_constraints:
+    corpus=_alternatives(CORPORA),
+    source=_alternatives(SOURCES),
+    size=_alternatives(SIZES),
+    split="train|validation|test",
+    chars=r"[1-9][0-9]*",
+    seed=r"[0-9]+",
+    tokens=r"[1-9][0-9]*",
+    run=r"(pretrain/[a-z][a-z0-9_]*/[a-z0-9][a-z0-9_]*"
+    r"|finetune/[a-z][a-z0-9_]*/[a-z0-9][a-z0-9_]*/d[1-9][0-9]*_seed[0-9]+"
+    r"|snapshot/[a-z][a-z0-9_]*/[a-z0-9][a-z0-9_]*/p[1-9][0-9]*/d[1-9][0-9]*_seed[0-9]+"
+    r"|scratch/[a-z0-9][a-z0-9_]*/d[1-9][0-9]*_seed[0-9]+)",
+
+
 include: "workflow/rules/corpora.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/evaluation.smk"

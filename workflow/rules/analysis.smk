@@ -16,6 +16,8 @@ rule fit:
         f"{LOGS}/fit.log",
     benchmark:
         f"{BENCHMARKS}/fit.tsv"
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/fit.py"
 
@@ -33,5 +35,7 @@ rule figures:
         ),
     log:
         f"{LOGS}/figures.log",
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/figures.py"

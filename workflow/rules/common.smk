@@ -1,4 +1,4 @@
-"""Helpers shared by the rule files: names of runs, input functions and the parameters of each job.
+"""Helpers shared by the rule files (names of runs, input functions, the parameters of each job).
 
 Every hyper-parameter reaches a job through ``params:``, so changing one number re-runs exactly the
 jobs it touches (params are one of Snakemake's re-run triggers).
@@ -28,21 +28,6 @@ RUN_FILES = ("spec.json", "best.safetensors", "best.safetensors.sha256", "model.
 
 def _alternatives(names):
     return "|".join(re.escape(name) for name in names)
-
-
-# Wildcards take only values named in the config, so no path can reach outside results/.
-wildcard_constraints:
-    corpus=_alternatives(CORPORA),
-    source=_alternatives(SOURCES),
-    size=_alternatives(SIZES),
-    split="train|validation|test",
-    chars=r"[1-9][0-9]*",
-    seed=r"[0-9]+",
-    tokens=r"[1-9][0-9]*",
-    run=r"(pretrain/[a-z][a-z0-9_]*/[a-z0-9][a-z0-9_]*"
-    r"|finetune/[a-z][a-z0-9_]*/[a-z0-9][a-z0-9_]*/d[1-9][0-9]*_seed[0-9]+"
-    r"|snapshot/[a-z][a-z0-9_]*/[a-z0-9][a-z0-9_]*/p[1-9][0-9]*/d[1-9][0-9]*_seed[0-9]+"
-    r"|scratch/[a-z0-9][a-z0-9_]*/d[1-9][0-9]*_seed[0-9]+)",
 
 
 def run_outputs(run_dir):

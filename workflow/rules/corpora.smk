@@ -22,6 +22,8 @@ rule corpus_documents:
         mem_mb=4000,
         runtime=30,
     cache: True
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/corpus_documents.py"
 
@@ -40,6 +42,8 @@ rule tokenizer:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/tokenizer.py"
 
@@ -61,6 +65,8 @@ rule tokenize:
         mem_mb=4000,
         runtime=30,
     cache: True
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/tokenize.py"
 
@@ -77,5 +83,7 @@ rule subset:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/subset.py"

@@ -19,6 +19,8 @@ rule evaluate:
         **evaluation_resources(),
     group:
         evaluation_group()
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/evaluate.py"
 
@@ -32,5 +34,7 @@ rule runs_table:
         runs=all_runs(),
     log:
         f"{LOGS}/runs_table.log",
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/runs_table.py"

@@ -13,6 +13,8 @@ rule downstream_tasks:
         seed=config["seed"],
     log:
         f"{LOGS}/downstream_tasks.log",
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/downstream_tasks.py"
 
@@ -36,6 +38,8 @@ rule finetune_snapshot:
         **training_resources("finetune"),
     group:
         training_group("finetune")
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/train.py"
 
@@ -60,6 +64,8 @@ rule downstream:
         **evaluation_resources(),
     group:
         evaluation_group()
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/downstream.py"
 
@@ -74,6 +80,8 @@ rule pretraining_data_table:
         runs=snapshot_runs(),
     log:
         f"{LOGS}/pretraining_data_table.log",
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/pretraining_data_table.py"
 
@@ -91,5 +99,7 @@ rule pretraining_data_fit:
         n_fit=config["pretraining_data"]["n_fit"],
     log:
         f"{LOGS}/pretraining_data_fit.log",
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/pretraining_data_fit.py"

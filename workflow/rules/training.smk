@@ -21,6 +21,8 @@ rule pretrain:
     resources:
         **training_resources("pretrain"),
     cache: True
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/train.py"
 
@@ -44,6 +46,8 @@ rule finetune:
         **training_resources("finetune"),
     group:
         training_group("finetune")
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/train.py"
 
@@ -66,5 +70,7 @@ rule scratch:
         **training_resources("scratch"),
     group:
         training_group("scratch")
+    conda:
+        "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/train.py"
