@@ -8,6 +8,7 @@ nothing written, instead of hours later inside a job.
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -59,13 +60,10 @@ def _fill_defaults(instance: Any, schema: dict) -> None:
         return
     for key, subschema in schema.get("properties", {}).items():
         if key not in instance and "default" in subschema:
-            instance[key] = _copy(subschema["default"])
+            instance[key] = copy.deepcopy(subschema["default"])
         if key in instance:
             _fill_defaults(instance[key], subschema)
 
-
-def _copy(value: Any) -> Any:
-    return yaml.safe_load(yaml.safe_dump(value))
 
 
 def validate_config(config: dict, schema: dict) -> dict:

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from .fitting import ScratchCurve, classify_point, n_key, to_jsonable
-from .io import read_json, write_json
+from .fitting import ScratchCurve, classify_point, load_fit, n_key, to_jsonable
+from .io import write_json
 from .jointlaw import HUBER_DELTA, batched_lbfgs, huber
 
 LOSS_RTOL = 0.005
@@ -345,6 +345,6 @@ def write_dp_analysis(runs_csv: str | os.PathLike, transfer_fit_json: str | os.P
 
     table = pd.read_csv(runs_csv)
     analysis = analyse_dp(table, n_fit)
-    analysis["transferred"] = to_jsonable(transferred_by_d_p(table, read_json(transfer_fit_json)).to_dict("records"))
+    analysis["transferred"] = to_jsonable(transferred_by_d_p(table, load_fit(transfer_fit_json)).to_dict("records"))
     write_json(out_json, analysis)
     return analysis

@@ -85,11 +85,16 @@ def run_row(run: str, record: dict, summary: dict, model: dict, evaluation: dict
     }
 
 
+def run_name(run_dir: Path, results_root: str | os.PathLike) -> str:
+    """A run's name in the tables: its directory below ``results/runs``."""
+    return Path(os.path.relpath(run_dir, Path(results_root) / "runs")).as_posix()
+
+
 def collect_runs(run_dirs: Iterable[str | os.PathLike], results_root: str | os.PathLike) -> pd.DataFrame:
     """Read every run directory's spec, summary, model and evaluation into one table."""
     rows = []
     for run_dir in map(Path, run_dirs):
-        name = Path(os.path.relpath(run_dir, Path(results_root) / "runs")).as_posix()
+        name = run_name(run_dir, results_root)
         rows.append(run_row(
             name,
             read_json(run_dir / "spec.json"),
@@ -111,7 +116,7 @@ def collect_snapshot_runs(run_dirs: Iterable[str | os.PathLike], results_root: s
         record, evaluation = read_json(run_dir / "spec.json"), read_json(run_dir / "eval.json")
         downstream = read_json(run_dir / "downstream.json")
         rows.append({
-            "run": Path(os.path.relpath(run_dir, Path(results_root) / "runs")).as_posix(),
+            "run": run_name(run_dir, results_root),
             "source": record["source"],
             "size": record["size"],
             "n_params": read_json(run_dir / "model.json")["n_params"],

@@ -4,6 +4,7 @@ Every hyper-parameter reaches a job through ``params:``, so changing one number 
 jobs it touches (params are one of Snakemake's re-run triggers).
 """
 
+import functools
 import re
 
 import transfer_scaling
@@ -124,16 +125,9 @@ def run_spec(kind, wildcards):
     }
 
 
-def pretrain_spec(wildcards):
-    return run_spec("pretrain", wildcards)
-
-
-def finetune_spec(wildcards):
-    return run_spec("finetune", wildcards)
-
-
-def scratch_spec(wildcards):
-    return run_spec("scratch", wildcards)
+pretrain_spec = functools.partial(run_spec, "pretrain")
+finetune_spec = functools.partial(run_spec, "finetune")
+scratch_spec = functools.partial(run_spec, "scratch")
 
 
 # ---------------------------------------------------------------- evaluation and analysis
