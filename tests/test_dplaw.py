@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -76,12 +75,12 @@ def test_a_broken_law_at_large_d_p_shows_as_a_large_prediction_error() -> None:
     assert fit_dp_score(D_P, score, n_fit=6)["max_rel_error_held_out"] > 0.2
 
 
-def test_fits_take_well_under_a_second_even_where_the_law_fails() -> None:
-    began = time.perf_counter()
+def test_fits_converge_on_noisy_laws_and_say_so_where_the_law_fails() -> None:
     assert fit_dp_loss(D_P, noisy(true_loss(D_P), 1e-3), n_fit=6)["converged"]
     assert fit_dp_score(D_P, noisy(true_score(D_P), 1e-2), n_fit=6)["converged"]
-    fit_dp_score(D_P, 30.0 - 2.0 * np.arange(9), n_fit=6)
-    assert time.perf_counter() - began < 3.0
+    linear = fit_dp_score(D_P, 30.0 - 2.0 * np.arange(9), n_fit=6)
+    assert not linear["converged"]
+    assert linear["max_rel_error_held_out"] > 0.1
 
 
 @pytest.mark.parametrize("fit", [fit_dp_loss, fit_dp_score])

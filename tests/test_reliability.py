@@ -250,26 +250,34 @@ def test_pipeline_killed_mid_pretraining_resumes_bit_identical(smoke_study: Path
 
 
 @pytest.mark.slow
-def test_pipeline_divergence_fails_its_jobs_and_keep_going_finishes_the_rest(smoke_study: Path,
-                                                                              tmp_path: Path) -> None:
-    """A weight decay of 1e30 makes every from-scratch run diverge within two steps (the schema caps lr at 1,
-    which cannot make AdamW diverge); a fine-tuning run that had to be redone still completes."""
-    redone = "finetune/text/s/d3000_seed0"
-    study = copy_study(smoke_study, tmp_path / "study", redone)
-    (study / "diverge.yaml").write_text("scratch: {options: {weight_decay: 1.0e+30}}\n")
-    result = run_workflow(study, "results/runs.csv", "--keep-going", *SMOKE, "diverge.yaml", check=False, timeout=1800)
-    assert result.returncode != 0
-    scratch_runs = sorted(p.relative_to(study / "results" / "logs").with_suffix("").as_posix()
-                          for p in (study / "results" / "logs" / "scratch").rglob("*.log"))
-    assert len(scratch_runs) == 6
-    for run in scratch_runs:
-        log = log_of(study, run)
-        assert re.search(r"TrainingDiverged: loss became nan at step \d+ \(lr [-+.e\d]+\); last finite loss \d", log), \
-            log[-2000:]
-        assert not (study / "results" / "runs" / run / "summary.json").exists()
-    assert (study / "results" / "runs" / redone / "eval.json").exists(), result.stdout[-3000:]
-    assert read_json(study / "results" / "runs" / redone / "eval.json") == \
-        read_json(smoke_study / "results" / "runs" / redone / "eval.json")
+def test_pipeline_records_diverged_runs_as_failed_and_the_fit_lists_them(smoke_study: Path, tmp_path: Path) -> None:
+    """A weight decay of 1e30 makes a run diverge within two steps (the schema caps lr at 1, which cannot make
+    AdamW diverge). Only the two deleted runs are redone (``--rerun-triggers mtime``); they end as failed rows,
+    and the table, the fit and its figures are built from the rest without ``--keep-going``."""
+    diverged = ["finetune/text/s/d3000_seed0", "scratch/s/d100000_seed0"]
+    study = copy_study(smoke_study, tmp_path / "study", *diverged)
+    (study / "diverge.yaml").write_text("finetune: {options: {weight_decay: 1.0e+30}}\n"
+                                        "scratch: {options: {weight_decay: 1.0e+30}}\n")
+    run_workflow(study, "results/figures", "--rerun-triggers", "mtime", *SMOKE, "diverge.yaml", timeout=1800)
+    for run in diverged:
+        assert re.search(r"run diverged; recorded as failed .*: loss became nan at step \d+ \(lr [-+.e\d]+\); "
+                         r"last finite loss \d", log_of(study, run)), log_of(study, run)[-2000:]
+        summary = read_json(study / "results" / "runs" / run / "summary.json")
+        assert (summary["status"], summary["stop_reason"]) == ("failed", "diverged")
+        assert not (study / "results" / "runs" / run / "checkpoint").exists()
+    table = pd.read_csv(study / "results" / "runs.csv").set_index("run")
+    reference = pd.read_csv(smoke_study / "results" / "runs.csv").set_index("run")
+    assert sorted(table.index[table["status"] == "failed"]) == diverged
+    assert (table.loc[diverged, "stop_reason"] == "diverged").all()
+    kept = reference.index.difference(diverged)
+    pd.testing.assert_frame_equal(table.loc[kept, LOSS_COLUMNS[1:]], reference.loc[kept, LOSS_COLUMNS[1:]])
+    fit = read_json(study / "results" / "fit" / "transfer_fit.json")
+    assert sorted(run["run"] for run in fit["failed_runs"]) == diverged
+    assert [p["status"] for p in fit["points"]
+            if (p["source"], p["n_params"], p["d_f_chars"]) == ("text", table.at[diverged[0], "n_params"],
+                                                                  table.at[diverged[0], "data_chars"])] == ["failed"]
+    fit_log = (study / "results" / "logs" / "fit.log").read_text(encoding="utf-8")
+    assert all(f"failed run left out of the fit: {run.split('/')[0]} {run} " in fit_log for run in diverged), fit_log
 
 
 def rerun_scratch(study: Path, run: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -1,7 +1,9 @@
 import argparse
 import json
+import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from transfer_scaling import training
 from transfer_scaling.io import read_json
 from transfer_scaling.model import GPT, GPTConfig, WeightsMismatchError, load_weights
 from transfer_scaling.tokens import write_token_array
-from transfer_scaling.training import (SpecError, TrainingDiverged, TrainingInterrupted, batch_starts,
+from transfer_scaling.training import (DIVERGED, SpecError, TrainingDiverged, TrainingInterrupted, batch_starts,
                                        learning_rate, parse_spec, train, validation_starts, windows)
 
 EOT_ID = 256
@@ -183,13 +187,32 @@ def test_early_stopping_waits_for_min_steps_and_patience(data, tmp_path) -> None
     assert read_metrics(tmp_path / "b")[:len(read_metrics(tmp_path / "a"))] == read_metrics(tmp_path / "a")
 
 
+DIVERGING = {"lr": 1e30, "min_lr_ratio": 1.0, "warmup_steps": 0, "grad_clip": 0.0, "checkpoint_interval": 2}
+DIAGNOSTIC = r"loss became nan at step 1 \(lr 1e\+30\); last finite loss 5\.\d+"
+
+
 @pytest.mark.slow
-def test_divergence_stops_with_step_lr_and_last_finite_loss(data, tmp_path) -> None:
-    with pytest.raises(TrainingDiverged, match=r"at step 1 \(lr 1e\+30\); last finite loss 5\.\d+"):
-        train(make_spec(data, lr=1e30, min_lr_ratio=1.0, warmup_steps=0, grad_clip=0.0,
-                        checkpoint_interval=2), tmp_path / "run")
+def test_diverged_pretraining_stops_with_step_lr_and_last_finite_loss(data, tmp_path) -> None:
+    with pytest.raises(TrainingDiverged, match=DIAGNOSTIC):
+        train(make_spec(data, kind="pretrain", **DIVERGING), tmp_path / "run")
     assert not (tmp_path / "run/checkpoint").exists()
     assert not (tmp_path / "run/summary.json").exists()
+
+
+@pytest.mark.slow
+def test_diverged_scratch_run_is_recorded_as_failed_without_a_checkpoint(data, tmp_path, caplog) -> None:
+    with caplog.at_level(logging.ERROR, logger="transfer_scaling.training"):
+        summary = train(make_spec(data, **DIVERGING), tmp_path / "run")
+    assert summary["status"] == "failed" and summary["stop_reason"] == DIVERGED
+    assert re.fullmatch(DIAGNOSTIC + r"; no checkpoint written for this step", summary["error"])
+    assert summary["best_step"] == 0 and math.isfinite(summary["best_val_loss"])
+    assert read_json(tmp_path / "run/summary.json") == summary
+    assert re.search(r"run diverged; recorded as failed .*: " + DIAGNOSTIC, caplog.text)
+    assert read_metrics(tmp_path / "run")[-1] == {"event": DIVERGED, "step": summary["steps"],
+                                                  "error": summary["error"]}
+    assert not (tmp_path / "run/checkpoint").exists()
+    weights = load_file(tmp_path / "run/best.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ Only numpy, scipy and pandas: fitting a runs table must never import torch or de
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, fields
@@ -36,6 +37,8 @@ from scipy.optimize import brentq, least_squares
 
 from .io import atomic_open, read_json, write_json
 from .jointlaw import JointLawError, fit_chinchilla
+
+logger = logging.getLogger("transfer_scaling.fitting")
 
 REQUIRED_COLUMNS = ("kind", "source", "n_params", "data_chars", "test_loss")
 FITTED_KINDS = ("scratch", "finetune")
@@ -949,6 +952,10 @@ def fit_file(runs_csv: str | os.PathLike, out_dir: str | os.PathLike, **options:
         raise FitError(f"unknown fit option(s) {sorted(unknown)}; allowed: {[f.name for f in fields(FitOptions)]}")
     result, draws = _fit(read_runs(runs_csv), FitOptions(**options))
     result["runs_csv"] = str(runs_csv)
+    for run in result["failed_runs"]:
+        logger.warning("failed run left out of the fit: %s %s N=%s data_chars=%s (%s)", run["kind"],
+                       run.get("run", run["source"]), run["n_params"], run["data_chars"],
+                       run.get("stop_reason", "no stop reason"))
     out_dir = Path(out_dir)
     write_json(out_dir / "transfer_fit.json", result)
     with atomic_open(out_dir / "points.csv", "w", encoding="utf-8", newline="") as handle:

@@ -81,7 +81,7 @@ def run_row(run: str, record: dict, summary: dict, model: dict, evaluation: dict
         "compute": 6.0 * n_params * tokens_seen,
         "wall_seconds": summary["wall_seconds"],
         "stop_reason": summary["stop_reason"],
-        "status": "ok",
+        "status": summary["status"],
     }
 
 

@@ -46,6 +46,8 @@ KINDS = ("pretrain", "finetune", "scratch")
 PRECISIONS = ("fp32", "bf16")
 ZERO_STAGES = (0, 1, 2, 3)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+DIVERGED = "diverged"
+"""Stop reason of a fine-tuning or from-scratch run whose loss became NaN or infinite."""
 INTERRUPTED_EXIT_CODE = 75
 """Exit code after a checkpoint on SIGTERM/SIGUSR1 (EX_TEMPFAIL: run the same command again to resume)."""
 
@@ -693,9 +695,16 @@ class Trainer:
             write_json(self.out_dir / "model.json", {**run.model.to_dict(), "n_params": self.n_params})
         wall_before, started = self.progress.wall_seconds, time.perf_counter()
         self.metrics = open(self.metrics_path, "a", encoding="utf-8") if self.is_main else None
+        error = None
         try:
             with stop_requests() as flag:
                 stop_reason = self.loop(flag, lambda: wall_before + time.perf_counter() - started)
+        except TrainingDiverged as diverged:
+            if not self.records_divergence():
+                raise
+            stop_reason, error = DIVERGED, str(diverged)
+            logger.error("run diverged; recorded as failed (the fit lists it and leaves it out): %s", error)
+            self.record({"event": DIVERGED, "step": self.progress.step, "error": error})
         finally:
             if self.metrics is not None:
                 self.metrics.close()
@@ -709,9 +718,12 @@ class Trainer:
             "kind": run.kind, "n_params": self.n_params, "steps": progress.step, "tokens_seen": self.tokens_seen,
             "best_step": progress.best_step, "best_val_loss": progress.best_val_loss, "stop_reason": stop_reason,
             "wall_seconds": progress.wall_seconds, "tokens_per_second": self.tokens_seen / progress.wall_seconds,
-            "seed": run.seed,
+            "seed": run.seed, "status": "ok" if error is None else "failed",
         }
-        self.check_replicas_agree()
+        if error is None:
+            self.check_replicas_agree()
+        else:
+            summary["error"] = error
         if self.is_main:
             write_json(self.out_dir / "summary.json", summary)
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
@@ -719,6 +731,12 @@ class Trainer:
                   progress.step, stop_reason, progress.best_val_loss, progress.best_step)
         self.barrier()
         return summary
+
+    def records_divergence(self) -> bool:
+        """A diverged fine-tuning or from-scratch run is a result (a failed point, listed by the fit) so that the
+        rest of a grid goes on; a diverged pretraining is not, because every fine-tune would start from it. Best
+        weights from before the divergence must exist (the step-0 evaluation writes them)."""
+        return self.run.kind != "pretrain" and math.isfinite(self.progress.best_val_loss)
 
     def loop(self, flag: list[bool], wall_seconds: Callable[[], float]) -> str:
         """Train until max_steps or early stopping; return the stop reason."""
