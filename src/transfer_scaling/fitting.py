@@ -953,7 +953,7 @@ def fit_file(runs_csv: str | os.PathLike, out_dir: str | os.PathLike, **options:
     result, draws = _fit(read_runs(runs_csv), FitOptions(**options))
     result["runs_csv"] = str(runs_csv)
     for run in result["failed_runs"]:
-        logger.warning("failed run left out of the fit: %s %s N=%s data_chars=%s (%s)", run["kind"],
+        logger.warning("failed run left out of the fit: %s %s N=%g data_chars=%g (%s)", run["kind"],
                        run.get("run", run["source"]), run["n_params"], run["data_chars"],
                        run.get("stop_reason", "no stop reason"))
     out_dir = Path(out_dir)
