@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+import transfer_scaling
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,3 +36,9 @@ def test_conda_envs_match_pyproject():
         pip_section = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
         assert _pins(pip_section) == project_pins, f"{env_file.name} drifted from pyproject.toml"
         assert "python=3.11" in env["dependencies"]
+
+
+def test_package_version_matches_pyproject():
+    """Every run's params carry the package version, so a release that changes what runs write (e.g. the
+    summary's fields) never reuses cached or finished runs of another version."""
+    assert transfer_scaling.__version__ == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
