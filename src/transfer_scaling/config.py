@@ -65,7 +65,6 @@ def _fill_defaults(instance: Any, schema: dict) -> None:
             _fill_defaults(instance[key], subschema)
 
 
-
 def validate_config(config: dict, schema: dict) -> dict:
     """Return ``config`` with defaults filled, or raise ConfigError naming the problem."""
     if not isinstance(config, dict):

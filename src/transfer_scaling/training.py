@@ -781,6 +781,16 @@ def train(spec: dict, out_dir: Path) -> dict:
         trainer.engine.destroy()
 
 
+def train_to_exit_code(spec: dict, out_dir: Path) -> int:
+    """Train; 0 when the run is finished, INTERRUPTED_EXIT_CODE after a checkpoint on a stop request."""
+    try:
+        train(spec, out_dir)
+    except TrainingInterrupted as exc:
+        logger.warning("%s (exit code %d)", exc, INTERRUPTED_EXIT_CODE)
+        return INTERRUPTED_EXIT_CODE
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train one pretrain/finetune/scratch run (resumable).")
     parser.add_argument("--spec", type=Path, required=True, help="training spec JSON")
@@ -790,12 +800,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    try:
-        train(read_json(args.spec), args.out)
-    except TrainingInterrupted as exc:
-        logger.warning("%s (exit code %d)", exc, INTERRUPTED_EXIT_CODE)
-        return INTERRUPTED_EXIT_CODE
-    return 0
+    return train_to_exit_code(read_json(args.spec), args.out)
 
 
 if __name__ == "__main__":

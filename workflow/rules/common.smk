@@ -9,7 +9,7 @@ import re
 
 import transfer_scaling
 from transfer_scaling.config import check_target_size, model_shapes, run_options, snapshot_tokens
-from transfer_scaling.io import read_json
+from transfer_scaling.io import SIDECAR_SUFFIX, read_json
 
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
@@ -24,7 +24,8 @@ D_F_CHARS = config["finetune"]["d_f_chars"]
 D_SCRATCH_CHARS = config["scratch"]["d_chars"]
 SEEDS = config["seeds"]
 SNAPSHOT_TOKENS = snapshot_tokens(config)
-RUN_FILES = ("spec.json", "best.safetensors", "best.safetensors.sha256", "model.json", "summary.json", "metrics.jsonl")
+WEIGHTS = "best.safetensors"
+RUN_FILES = ("spec.json", WEIGHTS, WEIGHTS + SIDECAR_SUFFIX, "model.json", "summary.json", "metrics.jsonl")
 
 
 def _alternatives(names):
@@ -41,8 +42,9 @@ def pretrain_outputs():
     run_dir = pretrain_dir()
     snapshots = {}
     for tokens in SNAPSHOT_TOKENS:
-        snapshots[f"snapshot_{tokens}"] = f"{run_dir}/snapshots/tokens{tokens}.safetensors"
-        snapshots[f"snapshot_{tokens}_sha256"] = f"{run_dir}/snapshots/tokens{tokens}.safetensors.sha256"
+        weights = f"{run_dir}/snapshots/tokens{tokens}.safetensors"
+        snapshots[f"snapshot_{tokens}"] = weights
+        snapshots[f"snapshot_{tokens}_sha256"] = weights + SIDECAR_SUFFIX
     return {**run_outputs(run_dir), **snapshots}
 
 

@@ -3,7 +3,7 @@
 
 rule evaluate:
     input:
-        weights=f"{RESULTS}/runs/{{run}}/best.safetensors",
+        weights=f"{RESULTS}/runs/{{run}}/{WEIGHTS}",
         model=f"{RESULTS}/runs/{{run}}/model.json",
         test=tokens_file(TARGET, "test"),
     output:

@@ -46,7 +46,7 @@ rule finetune_snapshot:
 
 rule downstream:
     input:
-        weights=f"{RESULTS}/runs/{{run}}/best.safetensors",
+        weights=f"{RESULTS}/runs/{{run}}/{WEIGHTS}",
         model=f"{RESULTS}/runs/{{run}}/model.json",
         tokenizer=TOKENIZER,
         tasks=f"{RESULTS}/pretraining_data/tasks.json",

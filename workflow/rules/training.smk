@@ -32,7 +32,7 @@ rule finetune:
         train=subset_file(TARGET, "{chars}"),
         validation=tokens_file(TARGET, "validation"),
         tokenizer=TOKENIZER,
-        init=f"{pretrain_dir()}/best.safetensors",
+        init=f"{pretrain_dir()}/{WEIGHTS}",
     output:
         **run_outputs(finetune_dir()),
     params:

@@ -14,7 +14,7 @@ from transfer_scaling.io import write_json
 from transfer_scaling.launch import launch_logged
 from transfer_scaling.logs import log_to_file
 from transfer_scaling.runs import run_record
-from transfer_scaling.training import INTERRUPTED_EXIT_CODE, TrainingInterrupted, train
+from transfer_scaling.training import train_to_exit_code
 
 log_to_file(snakemake.log[0])
 record = run_record(
@@ -39,8 +39,4 @@ if nodes * processes_per_node > 1:
     trainer_spec = out_dir / "trainer.json"
     write_json(trainer_spec, record["trainer"])
     sys.exit(launch_logged(trainer_spec, out_dir, processes_per_node, Path(snakemake.log[0])))
-try:
-    train(record["trainer"], out_dir)
-except TrainingInterrupted as stop:
-    print(stop, file=sys.stderr)
-    sys.exit(INTERRUPTED_EXIT_CODE)
+sys.exit(train_to_exit_code(record["trainer"], out_dir))
