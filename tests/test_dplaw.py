@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from test_fitting import synthetic_runs
 from transfer_scaling.dplaw import (DPLawError, alignment_verdict, analyse_dp, fit_dp_loss, fit_dp_score,
-                                    predict_dp_loss, predict_dp_score)
+                                    predict_dp_loss, predict_dp_score, write_dp_analysis)
+from transfer_scaling.fitting import fit_file
 
 D_P = np.logspace(6, 10, 9)
 LOSS_LAW = {"E": 1.5, "A": 30.0, "alpha": 0.3}
@@ -172,6 +174,29 @@ def test_analyse_dp_rejects_bad_tables() -> None:
         analyse_dp(table, n_fit=6)
     with pytest.raises(DPLawError, match="n_fit = 2"):
         analyse_dp(dp_table(), n_fit=2)
+
+
+def without_timing(value):
+    """``value`` without the fits' ``fit_seconds``, at any depth."""
+    if isinstance(value, dict):
+        return {key: without_timing(item) for key, item in value.items() if key != "fit_seconds"}
+    return [without_timing(item) for item in value] if isinstance(value, list) else value
+
+
+def test_failed_runs_are_listed_and_left_out_of_the_d_p_analysis(tmp_path) -> None:
+    synthetic_runs().to_csv(tmp_path / "runs.csv", index=False)
+    fit_file(tmp_path / "runs.csv", tmp_path / "fit", n_bootstrap=100, joint_law=False)
+    table = dp_table().query("source == 'text'").reset_index(drop=True)
+    table = table.assign(run=[f"snapshot/{index}" for index in table.index], status="ok")
+    table.loc[3, ["status", "test_loss"]] = ["failed", 99.0]  # a diverged run's loss: never to be fitted
+    table.to_csv(tmp_path / "dp_runs.csv", index=False)
+    analysis = write_dp_analysis(tmp_path / "dp_runs.csv", tmp_path / "fit" / "transfer_fit.json", 6,
+                                 tmp_path / "dp_fit.json")
+    assert [run["run"] for run in analysis["failed_runs"]] == ["snapshot/3"]
+    assert without_timing(analysis["groups"]) == without_timing(analyse_dp(table.drop(index=3), n_fit=6)["groups"])
+    assert len(analysis["transferred"]) == len(table) - 1
+    assert 99.0 not in [row["test_loss"] for row in analysis["transferred"]]
+    assert json.loads((tmp_path / "dp_fit.json").read_text()) == analysis
 
 
 def test_the_module_does_not_import_torch() -> None:

@@ -16,6 +16,7 @@ alpha (ln D_p - c) stays positive on the fitted points (A = e^(-alpha c)). Only 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 import time
@@ -29,6 +30,8 @@ from scipy.optimize import minimize
 from .fitting import ScratchCurve, classify_point, load_fit, n_key, to_jsonable
 from .io import write_json
 from .jointlaw import HUBER_DELTA, batched_lbfgs, huber
+
+logger = logging.getLogger("transfer_scaling.dplaw")
 
 LOSS_RTOL = 0.005
 """A loss may rise by 0.5% between neighbouring D_p and still count as monotone: about 0.01 nats at the
@@ -341,10 +344,15 @@ def transferred_by_d_p(table: pd.DataFrame, transfer_fit: dict[str, Any]) -> pd.
 
 def write_dp_analysis(runs_csv: str | os.PathLike, transfer_fit_json: str | os.PathLike, n_fit: int,
                       out_json: str | os.PathLike) -> dict[str, Any]:
-    """The D_p analysis of a snapshot runs table, plus D_T per D_p, written atomically as JSON."""
-
+    """The D_p analysis of a snapshot runs table, plus D_T per D_p, written atomically as JSON. Failed runs
+    (a diverged fine-tune, ``status`` failed) are listed under ``failed_runs`` and left out of both."""
     table = pd.read_csv(runs_csv)
-    analysis = analyse_dp(table, n_fit)
-    analysis["transferred"] = to_jsonable(transferred_by_d_p(table, load_fit(transfer_fit_json)).to_dict("records"))
+    failed = table["status"].eq("failed") if "status" in table.columns else pd.Series(False, index=table.index)
+    for run in table.loc[failed, "run"]:
+        logger.warning("failed run left out of the D_p analysis: %s", run)
+    ok = table[~failed]
+    analysis = analyse_dp(ok, n_fit)
+    analysis["transferred"] = to_jsonable(transferred_by_d_p(ok, load_fit(transfer_fit_json)).to_dict("records"))
+    analysis["failed_runs"] = to_jsonable(table[failed].to_dict("records"))
     write_json(out_json, analysis)
     return analysis
