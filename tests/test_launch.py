@@ -140,4 +140,11 @@ def test_one_process_trains_in_the_launcher(data, tmp_path) -> None:  # noqa: F8
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output
     assert read_json(tmp_path / "run/summary.json")["steps"] == 10
-    assert "parameters identical" not in output
+
+
+def test_one_process_outside_slurm_trains_in_this_process_without_torchrun(monkeypatch, tmp_path) -> None:
+    calls = []
+    monkeypatch.setattr(launch, "train_main", lambda args: calls.append(args) or 0)
+    monkeypatch.setattr(launch, "run_agent", lambda args: pytest.fail(f"torchrun's agent started: {args}"))
+    assert launch.launch(tmp_path / "spec.json", tmp_path / "run", env={}) == 0
+    assert calls == [["--spec", str(tmp_path / "spec.json"), "--out", str(tmp_path / "run")]]

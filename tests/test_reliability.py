@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import json
 import os
 import random
 import re
@@ -25,7 +24,7 @@ import pandas as pd
 import pytest
 
 from conftest import SNAKEMAKE, ROOT, new_study, run_workflow
-from test_training import TIMING_KEYS, make_spec, read_metrics, run_cli, write_bytes_tokens
+from test_training import data, make_spec, read_metrics, run_cli, without_timing  # noqa: F401 (data: fixture)
 from transfer_scaling import training
 from transfer_scaling.evaluation import evaluate
 from transfer_scaling.io import read_json
@@ -36,10 +35,6 @@ from transfer_scaling.training import DeviceError, train
 SMOKE = ("--configfile", "presets/smoke.yaml")
 LOSS_COLUMNS = ["run", "test_loss", "test_loss_per_token", "best_val_loss", "steps", "best_step", "tokens_seen"]
 RNG = random.Random()
-
-
-def without_timing(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in TIMING_KEYS}
 
 
 def wait_for_checkpoint(run_dir: Path, step: int, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -95,13 +90,6 @@ def test_package_writes_files_only_through_the_atomic_helpers() -> None:
 
 
 # ------------------------------------------------------------------------------------ the trainer alone
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tokens")
-    return {"train": write_bytes_tokens(root / "train.bin", [argparse.__file__, json.decoder.__file__]),
-            "val": write_bytes_tokens(root / "val.bin", [textwrap.__file__])}
 
 
 @pytest.mark.slow

@@ -126,4 +126,3 @@ def test_path_traversal_targets_match_no_rule(tmp_path: Path) -> None:
         output = result.stdout + result.stderr
         assert result.returncode != 0, f"{target} matched a rule:\n{output[-3000:]}"
         assert "MissingRuleException" in output or "No rule to produce" in output, output[-3000:]
-    assert not (study / "results").exists()
