@@ -3,7 +3,9 @@ nothing is written.
 
 Bad config keys are the table of tests/test_config.py (BAD_CONFIGS); bad training specs are in
 tests/test_training.py. This table covers the files the jobs read: corpora, tokenizer, token arrays,
-weights, model descriptions and resume checkpoints.
+weights, model descriptions and resume checkpoints. A local corpus path or glob that matches nothing is
+refused earlier too, by the config check when the Snakefile is parsed (BAD_CONFIGS); the corpus job keeps
+its own check for files that disappear after that.
 """
 
 from __future__ import annotations
@@ -190,7 +192,7 @@ def corpus_too_small_for_splits(inputs, tmp, monkeypatch):
 
 def subset_larger_than_train(inputs, tmp, monkeypatch):
     out = tmp / "out" / "subset.bin"
-    return lambda: corpora.make_subset(inputs.documents, inputs.tokenizer, 10**9, out), str(inputs.documents)
+    return lambda: corpora.make_subset(inputs.documents, inputs.tokenizer, 10**9, out, seed=0), str(inputs.documents)
 
 
 def documents_missing(inputs, tmp, monkeypatch):

@@ -19,10 +19,15 @@ def schema():
     return load_schema(SCHEMA)
 
 
+with open(ROOT / "config.yaml", encoding="utf-8") as _handle:
+    DEFAULTS = yaml.safe_load(_handle)
+MISSING = "/nonexistent/transfer-scaling/corpus"
+DOCS = ROOT / "docs"
+
+
 @pytest.fixture()
 def default_config():
-    with open(ROOT / "config.yaml", encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+    return copy.deepcopy(DEFAULTS)
 
 
 def _set(config: dict, dotted: str, value) -> None:
@@ -74,6 +79,60 @@ BAD_CONFIGS = [
     ("fit.tolerance", 2, "config key 'fit.tolerance': value 2"),
     ("seeds", [0, 0], "config key 'seeds'"),
     ("unknown_key", 1, "unknown key(s) 'unknown_key'"),
+    # Faults the config reveals on its own (issue 11, item 4): refused when the Snakefile is parsed, not in a job.
+    ("corpora.python.files", [{"local": MISSING}],
+     f"config key 'corpora.python.files.0': local corpus path '{MISSING}' does not exist"),
+    ("corpora.python.files", [{"local": f"{DOCS}/*.nothing"}], f"local corpus path '{DOCS}/*.nothing' does not exist"),
+    ("corpora.python.files", [{"local": str(DOCS), "include": ["*.nothing"]}],
+     f"config key 'corpora.python.files.0': local '{DOCS}': no file matches include=['*.nothing']"),
+    ("corpora.python.files", [{"huggingface": MISSING}],
+     f"config key 'corpora.python.files.0': huggingface dataset '{MISSING}': local dataset path does not exist"),
+    ("corpora.text_code.mixture", {"text_code": 0.5, "text": 0.5}, "component 'text_code' is itself a mixture"),
+    ("corpora.text.files", DEFAULTS["corpora"]["python"]["files"],
+     "config key 'sources': 'text' has the same documents as the target 'python'"),
+    ("corpora.text_code.mixture", {"text": 0.5, "python": 0.5},
+     "'text_code' (through 'python') has the same documents as the target 'python'"),
+    ("corpora.python", {"mixture": {"text": 0.5, "code": 0.5}},
+     "'text' has the same documents as the target 'python' (through 'text')"),
+    ("corpora.text_code", {"files": DEFAULTS["corpora"]["text"]["files"]},
+     "config key 'sources': 'text' and 'text_code' are the same corpus under two names"),
+    ("models.1", {"name": "m", "n_layer": 2, "d_model": 32, "n_head": 4},
+     "config key 'models.1' (m): N = 25472 non-embedding parameters, as models.0 (s)"),
+    ("finetune.d_f_chars", [3000, 3000], "config key 'finetune.d_f_chars': value [3000, 3000]"),
+    ("scratch.d_chars", [3000, 3000, 10000], "config key 'scratch.d_chars': value [3000, 3000, 10000]"),
+    ("pretraining_data.sizes", ["m", "m"], "config key 'pretraining_data.sizes': value ['m', 'm']"),
+    ("pretraining_data.sizes", ["xl"], "config key 'pretraining_data.sizes': ['xl'] are not model names"),
+    ("finetune.options", {"thread": 2}, "config key 'finetune.options': unknown key(s) 'thread'"),
+    ("finetune.options", {"threads": 2}, "config key 'finetune.options.threads': 2 would be ignored"),
+    ("pretrain.options.max_steps", 500, "config key 'pretrain.options.max_steps': 500 would be ignored"),
+    ("scratch.options", {"min_steps": 10, "max_steps": 5},
+     "config key 'scratch.options.min_steps': min_steps 10 exceeds max_steps 5 of scratch runs"),
+    ("finetune.options", {"warmup_steps": 3000},
+     "config key 'finetune.options.warmup_steps': warmup_steps 3000 is not below max_steps 3000 of finetune runs"),
+    ("training.warmup_steps", 2000,
+     "config key 'training.warmup_steps': warmup_steps 2000 is not below max_steps 1465 of pretrain runs"),
+    ("training.eval_interval", 5000,
+     "config key 'training.eval_interval': eval_interval 5000 exceeds max_steps 3000 of finetune runs"),
+    ("training.eval_tokens", 64,
+     "config key 'training.eval_tokens': eval_tokens 64 is below one context window of 128 tokens"),
+    ("pretrain.gpus", 3,
+     "config key 'training.batch_size': batch_size 32 is not divisible by the 3 trainer processes of a pretrain job"),
+    ("pretraining_data.max_new_tokens", 128,
+     "config key 'pretraining_data.max_new_tokens': 128 leaves no room for a prompt"),
+    ("finetune.d_f_chars", [100, 3000],
+     "config key 'finetune.d_f_chars': [100] hold fewer characters than one context window of 128 tokens"),
+    ("context", 4096,
+     "config key 'finetune.d_f_chars': [3000] hold fewer characters than one context window of 4096 tokens"),
+    ("finetune.d_f_chars", [3000, 2000000],
+     "config key 'finetune.d_f_chars': [2000000] exceed the largest scratch D 1000000"),
+    ("scratch.d_chars", [3000, 100000],
+     "config key 'finetune.d_f_chars': [300000] exceed the largest scratch D 100000"),
+    ("pretraining_data.d_f_chars", [3000000],
+     "config key 'pretraining_data.d_f_chars': [3000000] exceed the largest scratch D 1000000"),
+    ("fit.low_data_fraction", 0.001,
+     "config key 'fit.low_data_fraction': 0.001 x the largest scratch D 1000000 = 1000 is below every D_F"),
+    ("splits", {"validation": 0.5, "test": 0.5},
+     "config key 'splits': validation 0.5 + test 0.5 = 1 leave no documents for train"),
 ]
 
 
@@ -140,3 +199,21 @@ def test_bad_config_stops_workflow_fast_and_writes_nothing(tmp_path):
     assert "config key 'training.lr': value -1" in result.stdout + result.stderr
     assert not (study / "results").exists()
     print(f"bad config refused in {elapsed:.1f} s")
+
+
+@pytest.mark.slow
+def test_missing_local_corpus_stops_dry_run_and_writes_nothing(tmp_path):
+    """A relative local path is resolved from the study directory, when the Snakefile is parsed."""
+    study = new_study(tmp_path / "study")
+    (study / "local.yaml").write_text("corpora:\n  python:\n    files: [{local: data/python}]\n")
+    result = run_workflow(study, "-n", "--configfile", "local.yaml", check=False)
+    assert result.returncode != 0
+    assert (f"config key 'corpora.python.files.0': local corpus path 'data/python' does not exist "
+            f"(resolved from {study})") in result.stdout + result.stderr
+    assert not (study / "results").exists()
+
+
+def test_local_corpus_that_exists_is_valid(default_config, schema):
+    default_config["corpora"]["python"]["files"] = [{"local": str(DOCS), "include": ["*.md"]},
+                                                    {"local": f"{DOCS}/*.md"}]
+    validate_config(default_config, schema)

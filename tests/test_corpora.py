@@ -1,4 +1,4 @@
-"""Corpora: globs, cleaning, splits, deduplication, mixtures, token arrays and nested D_F subsets.
+"""Corpora: globs, cleaning, splits, deduplication, mixtures, token arrays and the drawn D subsets.
 
 Fixture corpora are small local files written per test; only the tests marked slow download
 pinned package files from PyPI or npm.
@@ -319,23 +319,98 @@ def test_tokenize_split_metadata(tmp_path: Path, prose_corpus: tuple[dict, Path]
     assert int((np.asarray(tokens) == record["eot_id"]).sum()) == len(texts) and tokens[-1] == record["eot_id"]
 
 
-def test_subsets_are_nested_prefixes_with_exact_chars(tmp_path: Path, prose_corpus: tuple[dict, Path],
-                                                      byte_tokenizer: Path) -> None:
+def subset_chunks(path: Path, tokenizer_path: Path) -> list[str]:
+    """A subset's chunks in draw order: its token array cut after each end-of-document id."""
+    tokenizer = load_tokenizer(tokenizer_path)
+    tokens = np.asarray(load_token_array(path)[0])
+    assert tokens[-1] == tokenizer.eot_id
+    return [tokenizer.decode(piece) for piece in np.split(tokens, np.flatnonzero(tokens == tokenizer.eot_id) + 1)[:-1]]
+
+
+def aligned_chunks(documents: Path, chunk_chars: int) -> list[str]:
+    """Every chunk of the train split: each document cut at multiples of ``chunk_chars``."""
+    texts = datasets.load_from_disk(str(documents))["train"]["text"]
+    return [text[start:start + chunk_chars] for text in texts for start in range(0, len(text), chunk_chars)]
+
+
+@pytest.fixture()
+def long_files_corpus(tmp_path: Path) -> tuple[dict, Path]:
+    """Few long files, like the Python target's train split (818 files of ~18k characters)."""
+    rng = random.Random(1)
+    source = write_files(tmp_path / "long", {f"file{i:02d}.txt": f"file {i}\n" + prose(rng, 1500) for i in range(30)})
+    return build(tmp_path, "long", [{"local": str(source)}])
+
+
+def test_subsets_of_one_seed_are_nested_across_d_with_exact_chars(tmp_path: Path, prose_corpus: tuple[dict, Path],
+                                                                 byte_tokenizer: Path) -> None:
+    _, documents = prose_corpus
+    every_chunk = aligned_chunks(documents, 100)
+    train_chars = sum(map(len, every_chunk))
+    drawn = []
+    for d_chars in (100, 1000, 3333, train_chars):
+        record = corpora.make_subset(documents, byte_tokenizer, d_chars, tmp_path / f"{d_chars}.bin", seed=3,
+                                     chunk_chars=100)
+        chunks = subset_chunks(tmp_path / f"{d_chars}.bin", byte_tokenizer)
+        assert record["chars"] == record["d_chars"] == d_chars == sum(map(len, chunks))
+        assert record["chunks"] == record["documents"] == len(chunks) >= d_chars / 100
+        assert (record["seed"], record["chunk_chars"]) == (3, 100)
+        drawn.append(chunks)
+    for smaller, larger in zip(drawn, drawn[1:]):
+        assert smaller[:-1] == larger[:len(smaller) - 1] and larger[len(smaller) - 1].startswith(smaller[-1])
+    assert sorted(drawn[-1]) == sorted(every_chunk)
+
+
+def test_subset_is_deterministic(tmp_path: Path, prose_corpus: tuple[dict, Path], byte_tokenizer: Path) -> None:
+    _, documents = prose_corpus
+    first, second = (corpora.make_subset(documents, byte_tokenizer, 2500, tmp_path / f"{name}.bin", seed=7)
+                     for name in ("first", "second"))
+    assert first == second
+    assert (tmp_path / "first.bin").read_bytes() == (tmp_path / "second.bin").read_bytes()
+
+
+def test_subsets_differ_across_seeds(tmp_path: Path, prose_corpus: tuple[dict, Path], byte_tokenizer: Path) -> None:
+    _, documents = prose_corpus
+    records = [corpora.make_subset(documents, byte_tokenizer, 2500, tmp_path / f"seed{seed}.bin", seed=seed,
+                                   chunk_chars=100) for seed in (0, 1)]
+    assert records[0]["chars"] == records[1]["chars"] == 2500
+    assert records[0]["sha256"] != records[1]["sha256"]
+    chunks = [subset_chunks(tmp_path / f"seed{seed}.bin", byte_tokenizer) for seed in (0, 1)]
+    assert len(set(chunks[0]) & set(chunks[1])) < len(chunks[0]) / 2
+
+
+def test_small_subset_draws_chunks_from_many_files(tmp_path: Path, long_files_corpus: tuple[dict, Path],
+                                                   byte_tokenizer: Path) -> None:
+    """A whole-file prefix of 1,000 characters is one file; the chunks of a draw come from several."""
+    _, documents = long_files_corpus
+    record = corpora.make_subset(documents, byte_tokenizer, 1000, tmp_path / "small.bin", seed=0, chunk_chars=100)
+    chunks = subset_chunks(tmp_path / "small.bin", byte_tokenizer)
+    assert record["chunks"] == len(chunks) == 10
+    assert 5 <= record["source_documents"] <= 10
+    assert set(chunks) <= set(aligned_chunks(documents, 100))
+
+
+def test_subset_larger_than_the_train_split_is_refused(tmp_path: Path, prose_corpus: tuple[dict, Path],
+                                                       byte_tokenizer: Path) -> None:
     meta, documents = prose_corpus
-    train_text = "".join(datasets.load_from_disk(str(documents))["train"]["text"])
-    tokenizer = load_tokenizer(byte_tokenizer)
-    decoded = []
-    for d_chars in (100, 1000, 3333, len(train_text)):
-        record = corpora.make_subset(documents, byte_tokenizer, d_chars, tmp_path / f"{d_chars}.bin")
-        tokens, _ = load_token_array(tmp_path / f"{d_chars}.bin")
-        text = tokenizer.decode(tokens)
-        assert record["chars"] == record["d_f_chars"] == d_chars == len(text)
-        assert tokens[-1] == tokenizer.eot_id
-        decoded.append(text)
-    assert all(larger.startswith(smaller) for smaller, larger in zip(decoded, decoded[1:]))
-    assert decoded[-1] == train_text
-    with pytest.raises(CorpusError, match=f"d_chars={len(train_text) + 1} .* holds only {len(train_text)}"):
-        corpora.make_subset(documents, byte_tokenizer, len(train_text) + 1, tmp_path / "too_big.bin")
+    train_chars = meta["splits"]["train"]["chars"]
+    with pytest.raises(CorpusError, match=f"d_chars={train_chars + 1} .* holds only {train_chars}"):
+        corpora.make_subset(documents, byte_tokenizer, train_chars + 1, tmp_path / "too_big.bin", seed=0)
+    assert not (tmp_path / "too_big.bin").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"chunk_chars": 0}, "chunk_chars=0 must be an integer of at least 1"),
+    ({"chunk_chars": 2.5}, "chunk_chars=2.5 must be an integer"),
+    ({"chunk_chars": True}, "chunk_chars=True must be an integer"),
+    ({"chunk_chars": "1000"}, "chunk_chars='1000' must be an integer"),
+    ({"seed": -1}, "seed=-1 must be an integer of at least 0"),
+    ({"d_chars": 0}, "d_chars=0 must be an integer of at least 1"),
+])
+def test_invalid_subset_arguments(tmp_path: Path, prose_corpus: tuple[dict, Path], byte_tokenizer: Path,
+                                  arguments: dict, message: str) -> None:
+    arguments = {"d_chars": 100, "seed": 0, **arguments}
+    with pytest.raises(CorpusError, match=message):
+        corpora.make_subset(prose_corpus[1], byte_tokenizer, out_bin=tmp_path / "subset.bin", **arguments)
 
 
 # ------------------------------------------------------------------ the real corpora

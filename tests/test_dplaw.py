@@ -11,13 +11,15 @@ import pandas as pd
 import pytest
 
 from test_fitting import synthetic_runs
-from transfer_scaling.dplaw import (DPLawError, alignment_verdict, analyse_dp, fit_dp_loss, fit_dp_score,
-                                    predict_dp_loss, predict_dp_score, write_dp_analysis)
+from transfer_scaling.dplaw import (CHRF_RTOL, SCORE_RTOL, DPLawError, alignment_verdict, analyse_dp, fit_dp_loss,
+                                    fit_dp_score, predict_dp_loss, predict_dp_score, write_dp_analysis)
 from transfer_scaling.fitting import fit_file
 
 D_P = np.logspace(6, 10, 9)
 LOSS_LAW = {"E": 1.5, "A": 30.0, "alpha": 0.3}
 SCORE_LAW = {"ln_A": np.log(1e-4), "alpha": 0.8, "beta": 1.5}
+CHRF_LAW = {"ln_A": np.log(0.5), "alpha": 0.3, "beta": 2.0}
+"""chrF from about 12 to 39 over D_P: a floor well above zero and a slow rise, unlike BLEU's law."""
 
 
 def true_loss(d_p: np.ndarray) -> np.ndarray:
@@ -145,9 +147,11 @@ def dp_table() -> pd.DataFrame:
         for seed in (0, 1):
             loss = noisy(true_loss(D_P), 1e-3, seed)
             bleu = true_score(D_P) if source == "text" else 30.0 - 2.0 * np.arange(9)
-            for d_p, test_loss, score in zip(D_P, loss, bleu):
+            chrf = predict_dp_score(CHRF_LAW, D_P) if source == "text" else 40.0 - np.arange(9)
+            for d_p, test_loss, score, chrf_score in zip(D_P, loss, bleu, chrf):
                 rows.append({"source": source, "n_params": n_params, "d_f_chars": 3e5, "d_p_tokens": d_p,
-                             "test_loss": test_loss, "bleu": score, "exact_match": 0.0, "seed": seed})
+                             "test_loss": test_loss, "bleu": score, "chrf": chrf_score, "exact_match": 0.0,
+                             "seed": seed})
     return pd.DataFrame(rows)
 
 
@@ -163,6 +167,31 @@ def test_analyse_dp_fits_each_group_and_is_strict_json() -> None:
     assert groups["code"]["bleu_verdict"]["verdict"] == "disagree"
     assert "needs every fitted value > 0" in groups["text"]["exact_match_fit"]["error"]
     assert groups["text"]["exact_match_verdict"]["score"]["trend"] == "stalls"
+
+
+def test_analyse_dp_fits_chrf_beside_bleu() -> None:
+    groups = {group["source"]: group for group in analyse_dp(dp_table(), n_fit=6)["groups"]}
+    chrf_fit = groups["text"]["chrf_fit"]
+    assert chrf_fit["alpha"] == pytest.approx(0.3, rel=1e-3)
+    assert chrf_fit["beta"] == pytest.approx(2.0, rel=1e-3)
+    assert chrf_fit["max_rel_error_held_out"] < 1e-3
+    assert groups["text"]["chrf_verdict"]["verdict"] == "agree"
+    assert groups["code"]["chrf_verdict"]["score"]["trend"] == "worsens"
+
+
+def test_chrf_shows_a_gain_bleu_cannot_and_has_its_own_tolerance() -> None:
+    """BLEU jittering between 0.2 and 0.4 (small models, below its resolution) cannot show the gain chrF shows;
+    a 3% step back in chrF is judged against CHRF_RTOL, not SCORE_RTOL."""
+    table = dp_table().query("source == 'text'").assign(bleu=0.2 + 0.2 * np.sin(np.arange(18)) ** 2)
+    chrf = predict_dp_score(CHRF_LAW, D_P)
+    chrf[4] = chrf[3] - 0.03 * chrf.max()
+    table["chrf"] = np.tile(chrf, 2)
+    assert CHRF_RTOL < 0.03 < SCORE_RTOL
+    strict, loose = analyse_dp(table, n_fit=6), analyse_dp(table, n_fit=6, chrf_rtol=SCORE_RTOL)
+    assert strict["chrf_rtol"] == CHRF_RTOL and loose["chrf_rtol"] == SCORE_RTOL
+    assert strict["groups"][0]["bleu_verdict"]["verdict"] == "disagree"
+    assert strict["groups"][0]["chrf_verdict"]["score"]["trend"] == "non_monotone"
+    assert loose["groups"][0]["chrf_verdict"]["verdict"] == "agree"
 
 
 def test_analyse_dp_rejects_bad_tables() -> None:

@@ -110,7 +110,7 @@ TRAVERSALS = [
     "results/runs/scratch/../../../outside/eval.json",
     "results/runs/pretrain/../x/eval.json",
     "results/corpora/../x/tokens/test.bin",
-    "results/subsets/python/../../x/3000.bin",
+    "results/subsets/python/seed0/../../x/3000.bin",
     "results/runs/finetune/text/s/d3000_seed0/../../../../../../etc/eval.json",
     "/tmp/outside/eval.json",
 ]

@@ -38,7 +38,7 @@ scratch:
 LONG_SCRATCH_CONFIG = ("--configfile", "presets/smoke.yaml", "long_scratch.yaml")
 SIGNALLED_RUN = "results/runs/scratch/s/d30000_seed0"
 GPU_RUN = "results/runs/scratch/s/d3000_seed0"
-RUN_INPUTS = ("results/subsets/python/3000.bin", "results/subsets/python/30000.bin",
+RUN_INPUTS = ("results/subsets/python/seed0/3000.bin", "results/subsets/python/seed0/30000.bin",
               "results/corpora/python/tokens/validation.bin", "results/tokenizer/tokenizer.json")
 
 

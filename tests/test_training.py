@@ -1,4 +1,5 @@
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -19,9 +20,10 @@ from safetensors.torch import load_file
 from transfer_scaling import training
 from transfer_scaling.io import read_json
 from transfer_scaling.model import GPT, GPTConfig, WeightsMismatchError, load_weights
-from transfer_scaling.tokens import write_token_array
+from transfer_scaling.tokens import load_token_array, write_token_array
 from transfer_scaling.training import (DIVERGED, SpecError, TrainingDiverged, TrainingInterrupted, batch_starts,
-                                       learning_rate, parse_spec, train, validation_starts, windows)
+                                       cooldown_from, learning_rate, parse_spec, train, validation_starts,
+                                       windows)
 
 EOT_ID = 256
 TIMING_KEYS = ("wall_seconds", "tokens_per_second")
@@ -50,7 +52,7 @@ def make_spec(data: dict[str, Path], **overrides) -> dict:
         "kind": "scratch", "model": {"n_layer": 1, "d_model": 16, "n_head": 2, "n_ctx": 32, "vocab_size": 257},
         "train_tokens": str(data["train"]), "val_tokens": str(data["val"]), "init_from": None,
         "seed": 3, "batch_size": 4, "threads": 1, "lr": 3e-3, "min_lr_ratio": 0.1, "warmup_steps": 4,
-        "weight_decay": 0.1, "grad_clip": 1.0, "betas": [0.9, 0.95], "max_steps": 30, "min_steps": 0,
+        "cooldown_fraction": 0.2, "weight_decay": 0.1, "grad_clip": 1.0, "betas": [0.9, 0.95], "max_steps": 30, "min_steps": 0,
         "eval_interval": 10, "eval_tokens": 256, "patience": 5, "checkpoint_interval": 10, "log_interval": 5,
         "precision": "fp32", "zero_stage": 0,
     }
@@ -91,14 +93,19 @@ def test_missing_key_is_named(data) -> None:
         parse_spec(spec)
 
 
-def test_learning_rate_warms_up_then_decays_to_the_floor(data) -> None:
-    run = parse_spec(make_spec(data, lr=1e-3, warmup_steps=10, max_steps=110, min_lr_ratio=0.1))
+def test_learning_rate_warms_up_holds_then_cools_down_to_the_floor(data) -> None:
+    run = parse_spec(make_spec(data, lr=1e-3, warmup_steps=10, max_steps=110, min_lr_ratio=0.1, eval_interval=10))
     assert learning_rate(run, 0) == pytest.approx(1e-4)
     assert learning_rate(run, 9) == pytest.approx(1e-3)
-    assert learning_rate(run, 60) == pytest.approx(0.55e-3)
-    assert learning_rate(run, 110) == pytest.approx(1e-4)
-    rates = [learning_rate(run, s) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert learning_rate(run, 60) == learning_rate(run, 109) == pytest.approx(1e-3)
+    cooldown = cooldown_from(run, 100)
+    assert (cooldown.start, cooldown.steps, cooldown.end) == (100, 20, 120)
+    assert learning_rate(run, 99, cooldown) == pytest.approx(1e-3)
+    assert learning_rate(run, 104, cooldown) == pytest.approx(1e-3 * (0.1 + 0.9 * (1 - 0.5)))
+    assert learning_rate(run, 119, cooldown) == pytest.approx(1e-4)
+    rates = [learning_rate(run, s, cooldown) for s in range(100, 120)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert cooldown_from(run, 7).steps == run.eval_interval
 
 
 def test_batches_depend_on_seed_and_step_only() -> None:
@@ -146,14 +153,16 @@ def test_run_writes_outputs_and_is_deterministic(data, tmp_path) -> None:
     assert without_timing(first) == without_timing(second)
     assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
     assert (tmp_path / "a/best.safetensors").read_bytes() == (tmp_path / "b/best.safetensors").read_bytes()
-    assert first["steps"] == 30 and first["tokens_seen"] == 30 * 4 * 32 and first["stop_reason"] == "max_steps"
+    assert first["stop_reason"] == "max_steps" and first["cooldown_start"] == first["stable_best_step"]
+    assert first["steps"] == 30 + first["cooldown_steps"] and first["tokens_seen"] == first["steps"] * 4 * 32
     assert first["best_val_loss"] < math.log(257) - 1
     assert read_json(tmp_path / "a/summary.json") == first
     assert read_json(tmp_path / "a/model.json") == {**make_spec(data)["model"], "n_params": first["n_params"]}
     assert not (tmp_path / "a/checkpoint").exists()
     metrics = read_metrics(tmp_path / "a")
-    assert [m["step"] for m in metrics if m["event"] == "eval"] == [0, 10, 20, 30]
-    assert [m["step"] for m in metrics if m["event"] == "train"] == [5, 10, 15, 20, 25, 30]
+    assert first["stable_best_step"] == 30 and first["cooldown_steps"] == 10
+    assert [m["step"] for m in metrics if m["event"] == "eval"] == [0, 10, 20, 30, 40]
+    assert [m["step"] for m in metrics if m["event"] == "train"] == [5, 10, 15, 20, 25, 30, 35, 40]
     other_seed = train(make_spec(data, seed=4), tmp_path / "c")
     assert other_seed["best_val_loss"] != first["best_val_loss"]
 
@@ -181,10 +190,58 @@ def test_early_stopping_waits_for_min_steps_and_patience(data, tmp_path) -> None
                         eval_interval=10, patience=2, checkpoint_interval=1000)
     stopped = train(overfit, tmp_path / "a")
     assert stopped["stop_reason"] == "early_stopping"
-    assert stopped["steps"] == stopped["best_step"] + 20
+    assert stopped["steps"] == stopped["stable_best_step"] + 20 + stopped["cooldown_steps"]
     held = train({**overfit, "min_steps": stopped["steps"] + 50}, tmp_path / "b")
     assert held["steps"] >= stopped["steps"] + 50
-    assert read_metrics(tmp_path / "b")[:len(read_metrics(tmp_path / "a"))] == read_metrics(tmp_path / "a")
+    stable = list(itertools.takewhile(lambda m: m["event"] != "cooldown", read_metrics(tmp_path / "a")))
+    assert read_metrics(tmp_path / "b")[:len(stable)] == stable
+
+
+@pytest.mark.slow
+def test_cooldown_starts_from_the_best_stable_step_and_its_best_weights_are_kept(data, tmp_path) -> None:
+    overfit = make_spec(data, train_tokens=str(data["tiny"]), lr=1e-2, warmup_steps=0, max_steps=400,
+                        eval_interval=10, patience=3, checkpoint_interval=1000, cooldown_fraction=0.5)
+    summary = train(overfit, tmp_path / "run")
+    metrics = read_metrics(tmp_path / "run")
+    (cooldown,) = [m for m in metrics if m["event"] == "cooldown"]
+    stable = [m for m in metrics if m["event"] == "eval" and m["phase"] == "stable"]
+    best_stable = min(stable, key=lambda m: m["val_loss"])
+    assert cooldown["reason"] == "early_stopping" and cooldown["step"] == best_stable["step"] + 30
+    assert cooldown["start"] == summary["cooldown_start"] == summary["stable_best_step"] == best_stable["step"]
+    assert summary["stable_best_val_loss"] == best_stable["val_loss"]
+    annealed = [m for m in metrics if m["event"] == "eval" and m["phase"] == "cooldown"]
+    assert [m["step"] for m in annealed][-1] == cooldown["start"] + cooldown["steps"]
+    assert all(m["step"] > cooldown["start"] for m in annealed)
+    best = min(annealed, key=lambda m: m["val_loss"])
+    assert (summary["best_step"], summary["best_val_loss"]) == (best["step"], best["val_loss"])
+    split = metrics.index(cooldown)
+    before, after = ([m["lr"] for m in part if m["event"] == "train"] for part in (metrics[:split], metrics[split:]))
+    assert before and all(rate == pytest.approx(1e-2) for rate in before)
+    assert after and all(b < a for a, b in zip([1e-2, *after], after)) and after[-1] >= 1e-3 - 1e-12
+    # The kept weights are the cooldown's best: evaluated again, they give its validation loss.
+    config = GPTConfig(**overfit["model"])
+    model = GPT(config)
+    load_weights(model, tmp_path / "run/best.safetensors")
+    val, _ = load_token_array(Path(overfit["val_tokens"]))
+    starts = validation_starts(len(val), config.n_ctx, overfit["eval_tokens"])
+    with torch.no_grad():
+        _, loss = model(*windows(val, starts, config.n_ctx))
+    assert loss.item() == pytest.approx(best["val_loss"], rel=1e-5)
+    assert not (tmp_path / "run/stable_best").exists()
+
+
+@pytest.mark.slow
+def test_resume_in_the_middle_of_the_cooldown_is_bit_identical(data, tmp_path) -> None:
+    spec = make_spec(data, max_steps=40, eval_interval=5, checkpoint_interval=7, cooldown_fraction=0.5)
+    reference = train(spec, tmp_path / "a")
+    stop_at = 40 + reference["cooldown_steps"] // 2
+    with pytest.raises(TrainingInterrupted):
+        train({**spec, "stop_after_steps": stop_at}, tmp_path / "b")
+    assert read_json(tmp_path / "b/checkpoint/complete.json")["tag"] == f"cooldown{stop_at:08d}"
+    resumed = train(spec, tmp_path / "b")
+    assert without_timing(resumed) == without_timing(reference)
+    assert read_metrics(tmp_path / "b") == read_metrics(tmp_path / "a")
+    assert (tmp_path / "a/best.safetensors").read_bytes() == (tmp_path / "b/best.safetensors").read_bytes()
 
 
 DIVERGING = {"lr": 1e30, "min_lr_ratio": 1.0, "warmup_steps": 0, "grad_clip": 0.0, "checkpoint_interval": 2}
@@ -283,5 +340,5 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(data, tmp_path) 
     assert double["best_val_loss"] == pytest.approx(single["best_val_loss"], abs=1e-5)
     one, two = ([m["train_loss"] for m in read_metrics(tmp_path / run) if m["event"] == "train"]
                 for run in ("one", "two"))
-    assert len(one) == len(two) == 1
-    assert two[0] == pytest.approx(one[0], abs=1e-5)
+    assert len(one) == len(two) == 2  # the stable phase's 20 steps, then the cooldown's
+    assert two == pytest.approx(one, abs=1e-5)

@@ -5,4 +5,4 @@ Modules, one per concern: ``config`` (validation), ``corpora`` and ``tokenizer``
 Fitting and plotting never import torch or deepspeed, so a fit of a runs table is fast.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -2,13 +2,14 @@
 
 The JSON schema (workflow/schemas/config.schema.yaml) types every key; this module turns the first
 violation into one readable message (key, value, what is allowed), fills the schema's defaults, and
-adds the cross-field checks a schema cannot express. A bad config therefore fails in seconds with
-nothing written, instead of hours later inside a job.
+adds the checks a schema cannot express: across keys, and against the local files the corpora name. A bad
+config therefore fails in seconds with nothing written, instead of hours later inside a job.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,24 @@ def validate_config(config: dict, schema: dict) -> dict:
 
 
 def check_cross_fields(config: dict) -> None:
-    """Checks that involve several keys at once."""
-    corpora = config["corpora"]
+    """Every fault the config reveals on its own (names, files, settings that contradict each other or make runs
+    meaningless), so that it stops the workflow when the Snakefile is parsed rather than inside a job."""
+    _check_mixtures(config["corpora"])
+    _check_target_and_sources(config)
+    _check_models(config["models"])
+    for kind in TRAINING_KINDS:
+        _check_overrides_reach_jobs(config, kind)
+        _check_schedule(config, kind)
+        _check_batches(config, kind)
+    _check_snapshots(config)
+    _check_pretraining_data(config)
+    _check_data_sizes(config)
+    _check_splits(config["splits"])
+    _check_local_files(config)
+
+
+def _check_mixtures(corpora: dict) -> None:
+    """A mixture is built from the documents of corpora of files, by fractions of its characters."""
     for name, spec in corpora.items():
         if "mixture" in spec:
             weights = spec["mixture"]
@@ -98,32 +115,150 @@ def check_cross_fields(config: dict) -> None:
                 raise ConfigError(
                     f"config key 'corpora.{name}.mixture': weights sum to {sum(weights.values()):g}, must sum to 1"
                 )
-    if config["target"] not in corpora:
+
+
+def _content(spec: dict) -> str:
+    """What decides a corpus's documents, comparable across names (its description does not count)."""
+    return json.dumps({**spec, "description": None, "cleaner": spec.get("cleaner", "plain")}, sort_keys=True)
+
+
+def _parts(corpora: dict, name: str) -> list[str]:
+    """The corpora of files that ``name`` is built from: itself, or a mixture's components."""
+    return list(corpora[name].get("mixture", [name]))
+
+
+def _named(corpus: str, part: str) -> str:
+    return repr(corpus) if corpus == part else f"{corpus!r} (through {part!r})"
+
+
+def _check_target_and_sources(config: dict) -> None:
+    corpora, target = config["corpora"], config["target"]
+    if target not in corpora:
         raise ConfigError(
-            f"config key 'target': {config['target']!r} is not a corpus; defined corpora: {', '.join(sorted(corpora))}"
+            f"config key 'target': {target!r} is not a corpus; defined corpora: {', '.join(sorted(corpora))}"
         )
     for source in config["sources"]:
         if source not in corpora:
             raise ConfigError(
                 f"config key 'sources': {source!r} is not a corpus; defined corpora: {', '.join(sorted(corpora))}"
             )
-        if source == config["target"]:
+        if source == target:
             raise ConfigError(f"config key 'sources': {source!r} is the target itself; transfer needs another corpus")
-    names = [shape["name"] for shape in config["models"]]
+        _check_source_apart_from_target(corpora, source, target)
+    _check_sources_differ(corpora, config["sources"])
+
+
+def _check_source_apart_from_target(corpora: dict, source: str, target: str) -> None:
+    """Pretraining on the target's own documents (a copy under another name, or in a mixture) is no transfer."""
+    target_parts = {_content(corpora[part]): part for part in _parts(corpora, target)}
+    for part in _parts(corpora, source):
+        shared = target_parts.get(_content(corpora[part]))
+        if shared is not None:
+            raise ConfigError(
+                f"config key 'sources': {_named(source, part)} has the same documents as the target "
+                f"{_named(target, shared)}; transfer needs a source without the target's documents"
+            )
+
+
+def _check_sources_differ(corpora: dict, sources: list[str]) -> None:
+    """Two names for one corpus would pretrain, fine-tune and fit the same source twice."""
+    seen: dict[str, str] = {}
+    for source in sources:
+        earlier = seen.setdefault(_content(corpora[source]), source)
+        if earlier != source:
+            raise ConfigError(
+                f"config key 'sources': {earlier!r} and {source!r} are the same corpus under two names"
+            )
+
+
+def non_embedding_params(shape: dict) -> int:
+    """N of the scaling laws: 12 L d^2 + 13 L d + 2 d (README, "Configuration")."""
+    layers, width = shape["n_layer"], shape["d_model"]
+    return 12 * layers * width**2 + 13 * layers * width + 2 * width
+
+
+def _check_models(models: list[dict]) -> None:
+    names = [shape["name"] for shape in models]
     if len(set(names)) != len(names):
         raise ConfigError(f"config key 'models': model names must be unique, got {names}")
-    for index, shape in enumerate(config["models"]):
+    by_n: dict[int, int] = {}
+    for index, shape in enumerate(models):
         if shape["d_model"] % shape["n_head"]:
             raise ConfigError(
                 f"config key 'models.{index}' ({shape['name']}): d_model {shape['d_model']} "
                 f"is not divisible by n_head {shape['n_head']}"
             )
-    for kind in TRAINING_KINDS:
-        options = run_options(config, kind)
-        if options["min_steps"] > options["max_steps"]:
+        n = non_embedding_params(shape)
+        first = by_n.setdefault(n, index)
+        if first != index:
             raise ConfigError(
-                f"config key '{kind}.options': min_steps {options['min_steps']} exceeds max_steps {options['max_steps']}"
+                f"config key 'models.{index}' ({shape['name']}): N = {n} non-embedding parameters, as "
+                f"models.{first} ({models[first]['name']}); the fit tells sizes apart by N, so each needs its own"
             )
+
+
+def _option_key(config: dict, kind: str, name: str) -> str:
+    """The key a run option of ``kind`` comes from: that kind's override, or the shared default."""
+    return f"{kind}.options.{name}" if name in config.get(kind, {}).get("options", {}) else f"training.{name}"
+
+
+def _check_overrides_reach_jobs(config: dict, kind: str) -> None:
+    """A per-kind value that the jobs would never see is refused, not silently dropped."""
+    overrides = config.get(kind, {}).get("options", {})
+    if "threads" in overrides:
+        raise ConfigError(
+            f"config key '{kind}.options.threads': {overrides['threads']} would be ignored: every training job "
+            f"runs with training.threads ({config['training']['threads']}) threads; set training.threads instead"
+        )
+    if kind == "pretrain" and "max_steps" in overrides and "tokens" in config["pretrain"]:
+        raise ConfigError(
+            f"config key 'pretrain.options.max_steps': {overrides['max_steps']} would be ignored: pretrain.tokens "
+            f"({config['pretrain']['tokens']}) sets pretraining's max_steps; keep one of the two"
+        )
+
+
+def _check_schedule(config: dict, kind: str) -> None:
+    """Step settings of one kind of run that contradict its step cap or its context window. Fine-tuning and
+    from-scratch runs are data-limited: early stopping on validation loss is what ends them at their best."""
+    options = run_options(config, kind)
+    cap = f"max_steps {options['max_steps']} of {kind} runs"
+    problems = (
+        ("min_steps", options["min_steps"] > options["max_steps"], f"exceeds {cap}"),
+        ("warmup_steps", options["warmup_steps"] >= options["max_steps"],
+         f"is not below {cap}: the run would end before its learning rate peaks"),
+        ("eval_interval", kind != "pretrain" and options["eval_interval"] > options["max_steps"],
+         f"exceeds {cap}: no validation between the first and the last step, so the run could not stop early "
+         "on its data (pretraining, which runs its whole budget, may evaluate at the end only)"),
+        ("eval_tokens", options["eval_tokens"] < config["context"],
+         f"is below one context window of {config['context']} tokens (key 'context')"),
+    )
+    for name, bad, why in problems:
+        if bad:
+            raise ConfigError(f"config key '{_option_key(config, kind, name)}': {name} {options[name]} {why}")
+
+
+def trainer_processes(config: dict, kind: str) -> tuple[int, int]:
+    """(processes per node, nodes) of one training job of ``kind``: one process per GPU, or one on CPU."""
+    gpus = config.get("cluster", {}).get("gpus_per_job", 0)
+    if kind != "pretrain":
+        return max(1, gpus), 1
+    pretrain = config.get("pretrain", {})
+    return max(1, pretrain.get("gpus", gpus)), pretrain.get("nodes", 1)
+
+
+def _check_batches(config: dict, kind: str) -> None:
+    """Each trainer process takes an equal share of the global batch."""
+    batch_size = run_options(config, kind)["batch_size"]
+    per_node, nodes = trainer_processes(config, kind)
+    if batch_size % (per_node * nodes):
+        raise ConfigError(
+            f"config key '{_option_key(config, kind, 'batch_size')}': batch_size {batch_size} is not divisible by "
+            f"the {per_node * nodes} trainer processes of a {kind} job ({per_node} per node x {nodes} node(s), "
+            "from cluster.gpus_per_job, pretrain.gpus and pretrain.nodes)"
+        )
+
+
+def _check_snapshots(config: dict) -> None:
     pretrain = run_options(config, "pretrain")
     if pretrain["snapshot_steps"] and pretrain["patience"] * pretrain["eval_interval"] < pretrain["max_steps"]:
         raise ConfigError(
@@ -131,26 +266,107 @@ def check_cross_fields(config: dict) -> None:
             f"early stopping could end it after patience {pretrain['patience']} x eval_interval "
             f"{pretrain['eval_interval']} steps < {pretrain['max_steps']}; raise pretrain.options.patience"
         )
+
+
+def _check_pretraining_data(config: dict) -> None:
     dp_axis = config.get("pretraining_data")
-    if dp_axis:
-        unknown = [size for size in dp_axis["sizes"] if size not in names]
-        if unknown:
-            raise ConfigError(f"config key 'pretraining_data.sizes': {unknown} are not model names; defined: {names}")
-        if not pretrain["snapshot_steps"]:
-            raise ConfigError("config key 'pretraining_data': needs pretrain.snapshots (the D_p points)")
-        if dp_axis["n_fit"] > len(pretrain["snapshot_steps"]):
-            raise ConfigError(
-                f"config key 'pretraining_data.n_fit': {dp_axis['n_fit']} exceeds the "
-                f"{len(pretrain['snapshot_steps'])} pretraining snapshots"
-            )
+    if not dp_axis:
+        return
+    names = [shape["name"] for shape in config["models"]]
+    unknown = [size for size in dp_axis["sizes"] if size not in names]
+    if unknown:
+        raise ConfigError(f"config key 'pretraining_data.sizes': {unknown} are not model names; defined: {names}")
+    snapshot_steps = run_options(config, "pretrain")["snapshot_steps"]
+    if not snapshot_steps:
+        raise ConfigError("config key 'pretraining_data': needs pretrain.snapshots (the D_p points)")
+    if dp_axis["n_fit"] > len(snapshot_steps):
+        raise ConfigError(
+            f"config key 'pretraining_data.n_fit': {dp_axis['n_fit']} exceeds the "
+            f"{len(snapshot_steps)} pretraining snapshots"
+        )
+    if dp_axis["max_new_tokens"] >= config["context"]:
+        raise ConfigError(
+            f"config key 'pretraining_data.max_new_tokens': {dp_axis['max_new_tokens']} leaves no room for a "
+            f"prompt in the context window of {config['context']} tokens (key 'context'); it must be below it"
+        )
+
+
+def _data_sizes(config: dict) -> dict[str, list[int]]:
+    """Every list of training-data sizes by key: fine-tuning D_F (main study and D_p axis) and scratch D."""
+    sizes = {"finetune.d_f_chars": config["finetune"]["d_f_chars"], "scratch.d_chars": config["scratch"]["d_chars"]}
+    if config.get("pretraining_data"):
+        sizes["pretraining_data.d_f_chars"] = config["pretraining_data"]["d_f_chars"]
+    return sizes
+
+
+def _check_data_sizes(config: dict) -> None:
+    """Data sizes that no run can train on, and fine-tuned points the scratch curves cannot read."""
     if len(config["scratch"]["d_chars"]) < 2:
         raise ConfigError("config key 'scratch.d_chars': needs at least two values per N to interpolate D_E")
+    context = config["context"]
+    for key, values in _data_sizes(config).items():
+        short = [value for value in values if value < context]
+        if short:
+            raise ConfigError(
+                f"config key '{key}': {short} hold fewer characters than one context window of {context} tokens "
+                "(key 'context'); a run needs more than n_ctx tokens"
+            )
+    _check_scratch_covers_finetuning(config)
+
+
+def _check_scratch_covers_finetuning(config: dict) -> None:
+    """D_E of a fine-tuned point is read off the scratch curve: with positive transfer it exceeds D_F, so a D_F
+    beyond the largest scratch D is always censored; a D_F above low_data_fraction x that D is always
+    high_data, and if every D_F is, no point can enter the fit."""
+    largest = max(config["scratch"]["d_chars"])
+    for key, values in _data_sizes(config).items():
+        beyond = [value for value in values if value > largest]
+        if beyond and key != "scratch.d_chars":
+            raise ConfigError(
+                f"config key '{key}': {beyond} exceed the largest scratch D {largest} (scratch.d_chars); their D_E "
+                "would lie beyond the scratch curve (censored), so D_T could never be measured there"
+            )
+    fraction, d_f = config["fit"]["low_data_fraction"], config["finetune"]["d_f_chars"]
+    if min(d_f) > fraction * largest:
+        raise ConfigError(
+            f"config key 'fit.low_data_fraction': {fraction} x the largest scratch D {largest} = "
+            f"{fraction * largest:g} is below every D_F {sorted(d_f)} (finetune.d_f_chars): every point would be "
+            "high_data and none could be fitted"
+        )
+
+
+def _check_splits(splits: dict) -> None:
+    total = splits["validation"] + splits["test"]
+    if total >= 1:
+        raise ConfigError(
+            f"config key 'splits': validation {splits['validation']} + test {splits['test']} = {total:g} leave "
+            "no documents for train; the sum must be below 1"
+        )
+
+
+def _check_local_files(config: dict) -> None:
+    """Local files and dataset paths of the corpora the study builds must exist now, not only in the corpus job."""
+    corpora = config["corpora"]
+    used = {part for name in (config["target"], *config["sources"]) for part in _parts(corpora, name)}
+    for name in sorted(used):
+        for index, file_spec in enumerate(corpora[name]["files"]):
+            if "local" in file_spec or "huggingface" in file_spec:
+                _check_paths(f"corpora.{name}.files.{index}", file_spec)
+
+
+def _check_paths(key: str, file_spec: dict) -> None:
+    # Imported here: corpora imports datasets (about a second), which studies of package files never need.
+    from .corpora import CorpusError, check_paths
+
+    try:
+        check_paths(file_spec)
+    except CorpusError as error:
+        raise ConfigError(f"config key '{key}': {error}") from None
 
 
 def check_target_size(config: dict, target_train_chars: int) -> None:
     """Every D_F and scratch D must fit in the target's training split (known once it is built)."""
-    for key, values in (("finetune.d_f_chars", config["finetune"]["d_f_chars"]),
-                        ("scratch.d_chars", config["scratch"]["d_chars"])):
+    for key, values in _data_sizes(config).items():
         too_big = [v for v in values if v > target_train_chars]
         if too_big:
             raise ConfigError(

@@ -2,9 +2,9 @@
 
 A document is one file of a package (or one record of a dataset). Its split is decided by a hash of
 its cleaned text, so no document straddles train and test and a rebuild gives the same split. Each
-split is stored ordered by that hash (``doc_id``): any prefix is an unbiased sample, so the nested
-D_F subsets of the fine-tuning runs are prefixes of the train split, counted in characters as in
-Hernandez et al. (2021).
+split is stored ordered by that hash (``doc_id``), so any prefix is an unbiased sample. The D_F and D
+subsets of the fine-tuning and from-scratch runs are fixed-size chunks of the train split drawn in an
+order set by a seed, nested across D and counted in characters as in Hernandez et al. (2021).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ CORPUS_KEYS = {"files", "description", "cleaner"}
 ZIP_SUFFIXES = (".whl", ".zip")
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 DOWNLOAD_TIMEOUT_S = 900
+SUBSET_CHUNK_CHARS = 1000  # the default chunk of a D subset (config subsets.chunk_chars)
 
 Record = tuple[str, str, str]  # (doc_id, text, source)
 
@@ -235,13 +236,18 @@ def _local_paths(pattern: str) -> list[Path]:
     return existing
 
 
+def _directory_files(directory: Path, include: list[str], exclude: list[str]) -> Iterator[Path]:
+    """Files under ``directory`` whose path inside it matches the globs, in the order the walk finds them."""
+    return (file for file in directory.rglob("*")
+            if file.is_file() and path_matches(file.relative_to(directory).as_posix(), include, exclude))
+
+
 def _iter_local(pattern: str, include: list[str], exclude: list[str]) -> Iterator[tuple[str, bytes]]:
     """Files of a local path or glob: globs match paths inside a directory or archive, or a file's name."""
     for path in _local_paths(pattern):
         if path.is_dir():
-            for file in sorted(p for p in path.rglob("*") if p.is_file()):
-                if path_matches(file.relative_to(path).as_posix(), include, exclude):
-                    yield str(file), file.read_bytes()
+            for file in sorted(_directory_files(path, include, exclude)):
+                yield str(file), file.read_bytes()
         elif _is_archive(path):
             yield from _iter_archive(path, include, exclude)
         elif path_matches(path.name, include, exclude):
@@ -267,6 +273,11 @@ def _iter_huggingface(file_spec: dict, cache_dir: Path | None) -> Iterator[tuple
         yield f"{name}/{split}[{index}]", text or ""
 
 
+def _globs(file_spec: dict) -> tuple[list[str], list[str]]:
+    """(include, exclude) of a file spec: every member unless the spec narrows it."""
+    return file_spec.get("include", ["**"]), file_spec.get("exclude", [])
+
+
 def iter_documents(file_spec: dict, path: Path | None = None, undecodable: list[str] | None = None,
                    cache_dir: Path | None = None) -> Iterator[tuple[str, str]]:
     """(source, raw text) of every document of one file spec.
@@ -279,7 +290,7 @@ def iter_documents(file_spec: dict, path: Path | None = None, undecodable: list[
     if kind == "huggingface":
         yield from _iter_huggingface(file_spec, cache_dir)
         return
-    include, exclude = file_spec.get("include", ["**"]), file_spec.get("exclude", [])
+    include, exclude = _globs(file_spec)
     if kind == "local":
         members = _iter_local(file_spec["local"], include, exclude)
     elif path is None:
@@ -425,6 +436,27 @@ def _validate_corpus_spec(name: str, spec: dict) -> tuple[list[dict], str]:
     for file_spec in files:
         file_kind(file_spec)
     return files, cleaner
+
+
+def check_paths(file_spec: dict) -> None:
+    """Refuse a local path, glob or dataset path that names nothing on disk, so that the config check (before
+    any job) finds what the corpus job would. A directory or file must also hold a file its globs keep; an
+    archive's members are left to the job, since listing them means reading the whole archive."""
+    if "huggingface" in file_spec:
+        name = file_spec["huggingface"]
+        if name.startswith(("/", "./", "../")) and not Path(name).exists():
+            raise CorpusError(f"{describe_file(file_spec)}: local dataset path does not exist "
+                              f"(resolved from {os.getcwd()})")
+        return
+    if "local" not in file_spec:
+        return
+    include, exclude = _globs(file_spec)
+    for path in _local_paths(file_spec["local"]):
+        if path.is_dir() and next(_directory_files(path, include, exclude), None) is not None:
+            return
+        if path.is_file() and (_is_archive(path) or path_matches(path.name, include, exclude)):
+            return
+    raise CorpusError(f"{describe_file(file_spec)}: no file matches include={include} exclude={exclude}")
 
 
 def _source_record(file_spec: dict, path: Path | None, documents: int, digest: str) -> dict:
@@ -603,14 +635,53 @@ def tokenize_split(documents_dir: Path, split: str, tokenizer_path: Path, out_bi
                          documents_sha256=_content_hash(zip(columns["doc_id"], columns["text"], columns["source"])))
 
 
-def make_subset(documents_dir: Path, tokenizer_path: Path, d_chars: int, out_bin: Path) -> dict:
-    """The first ``d_chars`` characters of the train split, tokenized: smaller subsets are prefixes of larger."""
+def _integer_at_least(key: str, value, minimum: int) -> int:
+    """``value`` as an int; a float, bool or too small a value is refused by name, not silently rounded."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise CorpusError(f"{key}={value!r} must be an integer of at least {minimum}")
+    return int(value)
+
+
+def _chunk_rank(seed: int, doc_id: str, index: int) -> bytes:
+    """A chunk's place in draw ``seed``: a sha256, the same on every machine and Python (unlike ``hash``),
+    and a chunk keeps its place when other documents join or leave the split."""
+    return hashlib.sha256(f"{seed}:{doc_id}:{index}".encode()).digest()
+
+
+def chunk_order(doc_ids: list[str], lengths: list[int], seed: int, chunk_chars: int) -> list[tuple[int, int]]:
+    """(document position, start character) of every chunk of the split, in the order of draw ``seed``.
+
+    Each document is cut into consecutive ``chunk_chars`` chunks, its last one shorter. Whole-file
+    prefixes make a small D one or two files, and which files dominates its loss (issue 10); chunks
+    drawn across the split spread even a few thousand characters over many files.
+    """
+    ranked = sorted((_chunk_rank(seed, doc_id, start // chunk_chars), position, start)
+                    for position, (doc_id, length) in enumerate(zip(doc_ids, lengths))
+                    for start in range(0, length, chunk_chars))
+    return [(position, start) for _, position, start in ranked]
+
+
+def make_subset(documents_dir: Path, tokenizer_path: Path, d_chars: int, out_bin: Path, seed: int,
+                chunk_chars: int = SUBSET_CHUNK_CHARS) -> dict:
+    """``d_chars`` characters of the train split: chunks taken in the order of draw ``seed``, the last cut to fit.
+
+    One order per seed nests the subsets across D (a smaller D is a prefix of a larger one's chunks), as
+    the D_F and D curves assume; each seed is another draw. Each chunk is tokenized as its own document.
+    """
+    d_chars = _integer_at_least("d_chars", d_chars, 1)
+    seed = _integer_at_least("seed", seed, 0)
+    chunk_chars = _integer_at_least("chunk_chars", chunk_chars, 1)
     dataset = load_split(documents_dir, "train")
-    if not isinstance(d_chars, (int, np.integer)) or d_chars <= 0:
-        raise CorpusError(f"d_chars={d_chars!r} must be a positive integer")
-    texts = list(take_chars(dataset["text"], int(d_chars)))
+    columns = dataset[:]
+    texts = columns["text"]
     available = sum(map(len, texts))
     if available < d_chars:
         raise CorpusError(f"{documents_dir}: a subset of d_chars={d_chars} characters was asked for, but the "
                           f"train split of {dataset.info.dataset_name!r} holds only {available}")
-    return _write_tokens(out_bin, dataset, "train", tokenizer_path, texts, d_f_chars=int(d_chars))
+    order = chunk_order(columns["doc_id"], [len(text) for text in texts], seed, chunk_chars)
+    chunks = list(take_chars((texts[position][start:start + chunk_chars] for position, start in order), d_chars))
+    source_documents = len({position for position, _ in order[:len(chunks)]})
+    logger.info("subset seed %d: %d characters in %d chunks of %d from %d documents", seed, d_chars, len(chunks),
+                chunk_chars, source_documents)
+    return _write_tokens(out_bin, dataset, "train", tokenizer_path, chunks, d_chars=d_chars, seed=seed,
+                         chunk_chars=chunk_chars, chunks=len(chunks), source_documents=source_documents)

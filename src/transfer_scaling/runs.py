@@ -106,7 +106,7 @@ def collect_runs(run_dirs: Iterable[str | os.PathLike], results_root: str | os.P
 
 
 SNAPSHOT_COLUMNS = ["run", "source", "size", "n_params", "d_f_chars", "d_p_tokens", "seed", "test_loss",
-                    "test_loss_per_token", "bleu", "exact_match", "n_tasks", "status"]
+                    "test_loss_per_token", "bleu", "chrf", "exact_match", "n_tasks", "status"]
 
 
 def collect_snapshot_runs(run_dirs: Iterable[str | os.PathLike], results_root: str | os.PathLike) -> pd.DataFrame:
@@ -126,6 +126,7 @@ def collect_snapshot_runs(run_dirs: Iterable[str | os.PathLike], results_root: s
             "test_loss": evaluation["test_loss_per_char"],
             "test_loss_per_token": evaluation["test_loss_per_token"],
             "bleu": downstream["bleu"],
+            "chrf": downstream["chrf"],
             "exact_match": downstream["exact_match"],
             "n_tasks": downstream["n"],
             "status": read_json(run_dir / "summary.json")["status"],

@@ -163,6 +163,7 @@ SPEC_CHECKS: dict[str, Check] = {
     "lr": _number(0.0, low_open=True),
     "min_lr_ratio": _number(0.0, 1.0),
     "warmup_steps": _integer(0),
+    "cooldown_fraction": _number(0.0, 1.0, low_open=True),
     "weight_decay": _number(0.0),
     "grad_clip": _number(0.0),
     "betas": _betas,
@@ -196,6 +197,7 @@ class TrainSpec:
     lr: float
     min_lr_ratio: float
     warmup_steps: int
+    cooldown_fraction: float
     weight_decay: float
     grad_clip: float
     betas: tuple[float, float]
@@ -234,12 +236,32 @@ def parse_spec(spec: dict) -> TrainSpec:
 
 
 # ------------------------------------------------------------------------------------------- schedule and data
-def learning_rate(run: TrainSpec, step: int) -> float:
-    """Linear warmup to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at ``max_steps``."""
-    if step < run.warmup_steps:
-        return run.lr * (step + 1) / run.warmup_steps
-    progress = min(1.0, (step - run.warmup_steps) / max(1, run.max_steps - run.warmup_steps))
-    return run.lr * (run.min_lr_ratio + (1 - run.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+@dataclass(frozen=True)
+class Cooldown:
+    """The decay phase of a warmup-stable-decay schedule: from the weights and optimizer state of step ``start``
+    down to ``min_lr_ratio * lr`` over ``steps`` steps (Hagele et al. 2024: a short cooldown from any point of
+    a constant-rate run matches a cosine schedule of that length, so every run is annealed where it stops)."""
+
+    start: int
+    steps: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.steps
+
+
+def cooldown_from(run: TrainSpec, start: int) -> Cooldown:
+    """``cooldown_fraction`` of the steps before ``start``, and at least one validation interval."""
+    return Cooldown(start, max(run.eval_interval, round(run.cooldown_fraction * start)))
+
+
+def learning_rate(run: TrainSpec, step: int, cooldown: Cooldown | None = None) -> float:
+    """Linear warmup to ``lr``, constant, then (in a cooldown) a 1 - sqrt decay to ``min_lr_ratio * lr``."""
+    rate = run.lr * min(1.0, (step + 1) / run.warmup_steps) if run.warmup_steps else run.lr
+    if cooldown is None or step < cooldown.start:
+        return rate
+    progress = min(1.0, (step - cooldown.start + 1) / cooldown.steps)
+    return rate * (run.min_lr_ratio + (1 - run.min_lr_ratio) * (1 - math.sqrt(progress)))
 
 
 def batch_starts(seed: int, step: int, n_tokens: int, n_ctx: int, batch_size: int) -> np.ndarray:
@@ -441,11 +463,23 @@ class Progress:
     """Everything, besides weights and optimizer state, that a resumed run needs to continue exactly."""
 
     step: int = 0
+    steps_trained: int = 0
     best_val_loss: float = math.inf
     best_step: int = -1
     evals_since_best: int = 0
     wall_seconds: float = 0.0
     interval_losses: list[float] = dataclasses.field(default_factory=list)
+    stop_reason: str = ""
+    stable_end: int = -1
+    stable_best_step: int = -1
+    stable_best_val_loss: float = math.inf
+    cooldown_start: int = -1
+    cooldown_steps: int = 0
+
+    @property
+    def cooldown(self) -> Cooldown | None:
+        """None in the stable phase; the decay the run is in once its stopping point is known."""
+        return Cooldown(self.cooldown_start, self.cooldown_steps) if self.cooldown_steps else None
 
 
 def snapshot_path(out_dir: Path, tokens_seen: int) -> Path:
@@ -461,6 +495,7 @@ class Trainer:
         self.out_dir = out_dir
         self.checkpoint_dir = out_dir / "checkpoint"
         self.best_path = out_dir / "best.safetensors"
+        self.stable_dir = out_dir / "stable_best"
         self.metrics_path = out_dir / "metrics.jsonl"
         self.deepspeed = import_deepspeed()
         check_precision(self.deepspeed, run.precision)
@@ -495,17 +530,22 @@ class Trainer:
         self.last_finite_loss: float | None = None
 
     @property
+    def tokens_per_step(self) -> int:
+        return self.run.batch_size * self.run.model.n_ctx
+
+    @property
     def tokens_seen(self) -> int:
-        return self.progress.step * self.run.batch_size * self.run.model.n_ctx
+        """Tokens of every optimizer step taken, cooldowns and discarded steps after the stable best included."""
+        return self.progress.steps_trained * self.tokens_per_step
 
     # ---------------------------------------------------------------- steps
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def train_step(self) -> None:
+    def train_step(self, cooldown: Cooldown | None) -> None:
         run, step = self.run, self.progress.step
-        self.set_lr(learning_rate(run, step))
+        self.set_lr(learning_rate(run, step, cooldown))
         starts = batch_starts(run.seed, step, len(self.train_tokens), run.model.n_ctx, run.batch_size)
         mine = starts[self.rank * self.micro_batch:(self.rank + 1) * self.micro_batch]
         x, y = windows(self.train_tokens, mine, run.model.n_ctx)
@@ -514,6 +554,10 @@ class Trainer:
         self.engine.step()
         self.pending.append((step, loss.detach()))
         self.progress.step += 1
+        self.progress.steps_trained += 1
+
+    def lr_at(self, step: int) -> float:
+        return learning_rate(self.run, step, self.progress.cooldown)
 
     def check_losses(self) -> None:
         """Move pending losses to the host (one sync), averaged over ranks; stop on NaN/inf."""
@@ -526,7 +570,7 @@ class Trainer:
         for (step, _), loss in zip(self.pending, losses.tolist()):
             if not math.isfinite(loss):
                 raise TrainingDiverged(
-                    f"loss became {loss} at step {step} (lr {learning_rate(self.run, step):.3g}); "
+                    f"loss became {loss} at step {step} (lr {self.lr_at(step):.3g}); "
                     f"last finite loss {self.last_finite_loss}; no checkpoint written for this step")
             self.last_finite_loss = loss
             self.progress.interval_losses.append(loss)
@@ -550,17 +594,14 @@ class Trainer:
             save_weights(state, path)
             write_sha256_sidecar(path)
 
-    def save_snapshot(self) -> None:
-        """Weights at a configured step, kept whatever early stopping later decides."""
-        self.write_weights(self.module_state(), snapshot_path(self.out_dir, self.tokens_seen))
-        self.info("snapshot written at step %d (%d tokens)", self.progress.step, self.tokens_seen)
-
     def kept_files(self) -> list[Path]:
         """Outputs written before a checkpoint that a resumed run must find again (best weights, snapshots),
         linked into it; metrics.jsonl, appended in place, is copied instead. Snakemake deletes all of them
         before rerunning an incomplete job."""
         snapshots = sorted((self.out_dir / "snapshots").glob("tokens*.safetensors"))
-        return [path for weights in (self.best_path, *snapshots) for path in (weights, sidecar_path(weights))]
+        stable_state = sorted(path for path in self.stable_dir.rglob("*") if path.is_file())
+        return [path for weights in (self.best_path, *snapshots)
+                for path in (weights, sidecar_path(weights))] + stable_state
 
     def module_state(self) -> dict[str, torch.Tensor]:
         """Full module weights; under ZeRO-3 they are gathered from the shards (a collective on every rank)."""
@@ -578,7 +619,9 @@ class Trainer:
 
     def log_train(self, interval_seconds: float, interval_steps: int) -> None:
         self.check_losses()
-        step, lr = self.progress.step, learning_rate(self.run, self.progress.step - 1)
+        step, lr = self.progress.step, self.lr_at(self.progress.step - 1)
+        if not self.progress.interval_losses:
+            return
         train_loss = sum(self.progress.interval_losses) / len(self.progress.interval_losses)
         rate = interval_steps * self.run.batch_size * self.run.model.n_ctx / interval_seconds
         self.progress.interval_losses.clear()
@@ -593,23 +636,102 @@ class Trainer:
         val_loss = self.validation_loss()
         if not math.isfinite(val_loss):
             raise TrainingDiverged(f"validation loss became {val_loss} at step {progress.step} "
-                                   f"(lr {learning_rate(self.run, max(0, progress.step - 1)):.3g}); "
+                                   f"(lr {self.lr_at(max(0, progress.step - 1)):.3g}); "
                                    f"last finite train loss {self.last_finite_loss}")
         is_best = val_loss < progress.best_val_loss
         if is_best:
             progress.best_val_loss, progress.best_step, progress.evals_since_best = val_loss, progress.step, 0
             self.write_weights(self.module_state(), self.best_path)
+            if progress.cooldown is None:
+                self.save_state(self.stable_dir)
         else:
             progress.evals_since_best += 1
         self.info("step %d  val loss %.4f%s", progress.step, val_loss, "  (best)" if is_best else "")
         self.record({"event": "eval", "step": progress.step, "tokens_seen": self.tokens_seen,
-                     "val_loss": val_loss, "best": is_best})
+                     "val_loss": val_loss, "best": is_best, "phase": "stable" if progress.cooldown is None
+                     else "cooldown"})
+
+    # ---------------------------------------------------------------- schedule phases
+    def save_state(self, directory: Path) -> None:
+        """Weights and optimizer state of this step, to decay from later. The directory is replaced whole,
+        never written in place: checkpoints hold hard links to its previous files."""
+        partial = directory.with_name(directory.name + ".partial")
+        if self.is_main:
+            shutil.rmtree(partial, ignore_errors=True)
+        self.barrier()
+        with explain_full_disk(partial):
+            self.engine.save_checkpoint(str(partial), tag="state", client_state={"rng": rng_states()},
+                                        save_latest=False)
+        self.barrier()
+        if self.is_main:
+            shutil.rmtree(directory, ignore_errors=True)
+            partial.rename(directory)
+        self.barrier()
+
+    def load_state(self, directory: Path) -> None:
+        load_path, client_state = self.engine.load_checkpoint(str(directory), tag="state")
+        if load_path is None:
+            raise CheckpointError(f"{directory}: the saved training state did not load")
+        restore_rng_states(client_state["rng"])
+
+    def remove_state(self, directory: Path) -> None:
+        self.barrier()
+        if self.is_main:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def start_cooldown(self, reason: str) -> None:
+        """End the stable phase: return to the best stable step's state and decay from there. From now on the
+        best weights are the cooldown's, so every run is compared annealed at its own stopping point."""
+        progress = self.progress
+        self.check_losses()
+        self.load_state(self.stable_dir)
+        cooldown = cooldown_from(self.run, progress.best_step)
+        self.info("%s at step %d: cooling down from the best stable step %d (val loss %.4f) over %d steps",
+                  reason, progress.step, cooldown.start, progress.best_val_loss, cooldown.steps)
+        self.record({"event": "cooldown", "step": progress.step, "reason": reason, "start": cooldown.start,
+                     "steps": cooldown.steps, "stable_best_val_loss": progress.best_val_loss})
+        progress.stop_reason, progress.stable_end = reason, progress.step
+        progress.stable_best_step, progress.stable_best_val_loss = progress.best_step, progress.best_val_loss
+        progress.cooldown_start, progress.cooldown_steps = cooldown.start, cooldown.steps
+        progress.step, progress.best_val_loss, progress.best_step, progress.evals_since_best = (
+            cooldown.start, math.inf, -1, 0)
+        progress.interval_losses.clear()
+        self.remove_state(self.stable_dir)
+
+    def anneal_snapshot(self) -> None:
+        """A D_p point (Isik et al. 2024): a cooldown branched from the stable phase at this step, its weights
+        kept as the snapshot, then back to the stable phase as if it had not happened."""
+        progress = self.progress
+        self.check_losses()
+        branch_dir = self.out_dir / "branch"
+        self.save_state(branch_dir)
+        step, interval_losses = progress.step, list(progress.interval_losses)
+        cooldown = cooldown_from(self.run, step)
+        while progress.step < cooldown.end:
+            self.train_step(cooldown)
+        self.check_losses()
+        self.write_weights(self.module_state(), snapshot_path(self.out_dir, step * self.tokens_per_step))
+        self.info("snapshot at step %d (%d tokens) annealed over %d steps: val loss %.4f", step,
+                  step * self.tokens_per_step, cooldown.steps, self.validation_loss())
+        self.load_state(branch_dir)
+        progress.step, progress.interval_losses = step, interval_losses
+        self.remove_state(branch_dir)
+
+    def last_snapshot_from_best(self) -> None:
+        """A snapshot at the last stable step is the run's own annealed result: copied, not trained again."""
+        last = self.run.snapshot_steps[-1] if self.run.snapshot_steps else None
+        if last != self.run.max_steps or not self.is_main:
+            return
+        target = snapshot_path(self.out_dir, last * self.tokens_per_step)
+        for source, dest in ((self.best_path, target), (sidecar_path(self.best_path), sidecar_path(target))):
+            with atomic_path(dest) as tmp:
+                shutil.copyfile(source, tmp)
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
         """Save on every rank, then mark the tag complete; only complete tags are ever loaded."""
         self.check_losses()
-        tag = f"step{self.progress.step:08d}"
+        tag = f"{'stable' if self.progress.cooldown is None else 'cooldown'}{self.progress.steps_trained:08d}"
         client_state = {"progress": dataclasses.asdict(self.progress), "rng": rng_states()}
         with explain_full_disk(self.checkpoint_dir / tag):
             self.engine.save_checkpoint(str(self.checkpoint_dir), tag=tag, client_state=client_state,
@@ -680,7 +802,8 @@ class Trainer:
 
     def stop_requested(self, flag: list[bool]) -> bool:
         """Agree across ranks, so that every rank joins the checkpoint collective."""
-        requested = flag[0] or self.progress.step == self.run.stop_after_steps
+        stop_after = self.run.stop_after_steps
+        requested = flag[0] or (stop_after is not None and self.progress.steps_trained >= stop_after)
         if self.world_size > 1:
             vote = torch.tensor(float(requested), device=self.engine.device)
             dist.all_reduce(vote, op=dist.ReduceOp.MAX)
@@ -709,15 +832,18 @@ class Trainer:
             if self.metrics is not None:
                 self.metrics.close()
         progress = self.progress
-        missed = [step for step in run.snapshot_steps if step > progress.step]
-        if missed:
-            raise RuntimeError(f"training stopped ({stop_reason}) at step {progress.step}, before snapshot "
-                                f"steps {missed}; disable early stopping (larger patience) for runs with snapshots")
+        missed = [step for step in run.snapshot_steps if step > progress.stable_end]
+        if missed and error is None:
+            raise RuntimeError(f"training stopped ({stop_reason}) at step {progress.stable_end}, before snapshot "
+                               f"steps {missed}; disable early stopping (larger patience) for runs with snapshots")
         progress.wall_seconds = wall_before + time.perf_counter() - started
         summary = {
-            "kind": run.kind, "n_params": self.n_params, "steps": progress.step, "tokens_seen": self.tokens_seen,
-            "best_step": progress.best_step, "best_val_loss": progress.best_val_loss, "stop_reason": stop_reason,
-            "wall_seconds": progress.wall_seconds, "tokens_per_second": self.tokens_seen / progress.wall_seconds,
+            "kind": run.kind, "n_params": self.n_params, "steps": progress.steps_trained,
+            "tokens_seen": self.tokens_seen, "best_step": progress.best_step, "best_val_loss": progress.best_val_loss,
+            "stable_best_step": progress.stable_best_step, "stable_best_val_loss": progress.stable_best_val_loss,
+            "cooldown_start": progress.cooldown_start, "cooldown_steps": progress.cooldown_steps,
+            "stop_reason": stop_reason, "wall_seconds": progress.wall_seconds,
+            "tokens_per_second": self.tokens_seen / progress.wall_seconds,
             "seed": run.seed, "status": "ok" if error is None else "failed",
         }
         if error is None:
@@ -726,9 +852,11 @@ class Trainer:
             summary["error"] = error
         if self.is_main:
             write_json(self.out_dir / "summary.json", summary)
-            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
-        self.info("finished after %d steps (%s): best val loss %.4f at step %d",
-                  progress.step, stop_reason, progress.best_val_loss, progress.best_step)
+            for directory in (self.checkpoint_dir, self.stable_dir, self.out_dir / "branch"):
+                shutil.rmtree(directory, ignore_errors=True)
+        self.info("finished after %d steps (%s, annealed from step %d): best val loss %.4f at step %d",
+                  progress.steps_trained, stop_reason, progress.cooldown_start, progress.best_val_loss,
+                  progress.best_step)
         self.barrier()
         return summary
 
@@ -736,37 +864,51 @@ class Trainer:
         """A diverged fine-tuning or from-scratch run is a result (a failed point, listed by the fit) so that the
         rest of a grid goes on; a diverged pretraining is not, because every fine-tune would start from it. Best
         weights from before the divergence must exist (the step-0 evaluation writes them)."""
-        return self.run.kind != "pretrain" and math.isfinite(self.progress.best_val_loss)
+        progress = self.progress
+        return self.run.kind != "pretrain" and math.isfinite(min(progress.best_val_loss, progress.stable_best_val_loss))
 
     def loop(self, flag: list[bool], wall_seconds: Callable[[], float]) -> str:
-        """Train until max_steps or early stopping; return the stop reason."""
+        """The stable phase until max_steps or early stopping, then the cooldown; return the stop reason. Logs and
+        checkpoints fall on multiples of their intervals of steps trained (a snapshot's cooldown may jump one)."""
         run, progress = self.run, self.progress
-        if progress.step == 0:
+        if progress.steps_trained == 0:
             self.evaluate()
-        last_log_time, last_log_step = time.perf_counter(), progress.step
-        while progress.step < run.max_steps:
-            self.train_step()
-            step = progress.step
-            if step in run.snapshot_steps:
-                self.save_snapshot()
-            if step % run.log_interval == 0:
+        last_log_time, last_log_steps = time.perf_counter(), progress.steps_trained
+        last_checkpoint = progress.steps_trained
+        while progress.cooldown is None or progress.step < progress.cooldown.end:
+            self.train_step(progress.cooldown)
+            if progress.steps_trained // run.log_interval > last_log_steps // run.log_interval:
                 now = time.perf_counter()
-                self.log_train(now - last_log_time, step - last_log_step)
-                last_log_time, last_log_step = now, step
-            if step % run.eval_interval == 0 or step == run.max_steps:
+                self.log_train(now - last_log_time, progress.steps_trained - last_log_steps)
+                last_log_time, last_log_steps = now, progress.steps_trained
+            if progress.cooldown is None:
+                self.after_stable_step()
+            elif (progress.step - progress.cooldown_start) % run.eval_interval == 0 \
+                    or progress.step == progress.cooldown.end:
                 self.evaluate()
-                if step >= run.min_steps and progress.evals_since_best >= run.patience:
-                    return "early_stopping"
-            if step == run.max_steps:
-                break
             progress.wall_seconds = wall_seconds()
             if self.stop_requested(flag):
                 self.save_checkpoint()
-                raise TrainingInterrupted(step)
-            if step % run.checkpoint_interval == 0:
+                raise TrainingInterrupted(progress.steps_trained)
+            if progress.steps_trained // run.checkpoint_interval > last_checkpoint // run.checkpoint_interval:
                 self.save_checkpoint()
+                last_checkpoint = progress.steps_trained
         self.check_losses()
-        return "max_steps"
+        self.last_snapshot_from_best()
+        return progress.stop_reason
+
+    def after_stable_step(self) -> None:
+        """Snapshots, validation and the stopping decision of the stable phase."""
+        run, progress = self.run, self.progress
+        step = progress.step
+        if step in run.snapshot_steps and step < run.max_steps:
+            self.anneal_snapshot()
+        if step % run.eval_interval == 0 or step == run.max_steps:
+            self.evaluate()
+            if step == run.max_steps:
+                self.start_cooldown("max_steps")
+            elif step >= run.min_steps and progress.evals_since_best >= run.patience:
+                self.start_cooldown("early_stopping")
 
 
 def train(spec: dict, out_dir: Path) -> dict:

@@ -72,8 +72,9 @@ def tokens_file(corpus, split):
     return f"{RESULTS}/corpora/{corpus}/tokens/{split}.bin"
 
 
-def subset_file(corpus, chars):
-    return f"{RESULTS}/subsets/{corpus}/{chars}.bin"
+def subset_file(corpus, chars, seed):
+    """D characters drawn in chunks from the train split; the seed picks the draw (nested across D)."""
+    return f"{RESULTS}/subsets/{corpus}/seed{seed}/{chars}.bin"
 
 
 TOKENIZER = f"{RESULTS}/tokenizer/tokenizer.json"

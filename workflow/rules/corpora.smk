@@ -73,13 +73,16 @@ rule tokenize:
 
 rule subset:
     input:
-        documents=documents_dir(TARGET),
+        documents=documents_dir("{corpus}"),
         tokenizer=TOKENIZER,
     output:
-        tokens=subset_file(TARGET, "{chars}"),
-        meta=f"{RESULTS}/subsets/{TARGET}/{{chars}}.json",
+        tokens=subset_file("{corpus}", "{chars}", "{seed}"),
+        meta=subset_file("{corpus}", "{chars}", "{seed}").removesuffix(".bin") + ".json",
+    params:
+        seed="{seed}",
+        chunk_chars=config["subsets"]["chunk_chars"],
     log:
-        f"{LOGS}/subset/{TARGET}/{{chars}}.log",
+        f"{LOGS}/subset/{{corpus}}/seed{{seed}}/{{chars}}.log",
     resources:
         mem_mb=2000,
         runtime=10,

@@ -21,7 +21,7 @@ rule downstream_tasks:
 
 rule finetune_snapshot:
     input:
-        train=subset_file(TARGET, "{chars}"),
+        train=subset_file(TARGET, "{chars}", "{seed}"),
         validation=tokens_file(TARGET, "validation"),
         tokenizer=TOKENIZER,
         init=f"{RESULTS}/runs/pretrain/{{source}}/{{size}}/snapshots/tokens{{tokens}}.safetensors",

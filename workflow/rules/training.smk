@@ -29,7 +29,7 @@ rule pretrain:
 
 rule finetune:
     input:
-        train=subset_file(TARGET, "{chars}"),
+        train=subset_file(TARGET, "{chars}", "{seed}"),
         validation=tokens_file(TARGET, "validation"),
         tokenizer=TOKENIZER,
         init=f"{pretrain_dir()}/{WEIGHTS}",
@@ -54,7 +54,7 @@ rule finetune:
 
 rule scratch:
     input:
-        train=subset_file(TARGET, "{chars}"),
+        train=subset_file(TARGET, "{chars}", "{seed}"),
         validation=tokens_file(TARGET, "validation"),
         tokenizer=TOKENIZER,
     output:

@@ -1,4 +1,4 @@
-"""Snakemake adapter: line-completion BLEU and exact match of a run's best checkpoint."""
+"""Snakemake adapter: line-completion BLEU, chrF and exact match of a run's best checkpoint."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Snakemake adapter: the first D characters of the target's train split (nested across D)."""
+"""Snakemake adapter: D characters of the target's train split, in chunks drawn by the run's seed (nested across D)."""
 
 from pathlib import Path
 
@@ -11,4 +11,6 @@ make_subset(
     Path(snakemake.input.tokenizer),
     int(snakemake.wildcards.chars),
     Path(snakemake.output.tokens),
+    seed=int(snakemake.params.seed),
+    chunk_chars=snakemake.params.chunk_chars,
 )
