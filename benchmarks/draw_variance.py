@@ -43,14 +43,14 @@ def load_config(path: Path) -> dict:
     return validate_config(config, load_schema(REPO / "workflow/schemas/config.schema.yaml"))
 
 
-def scratch_spec(config: dict, size: str, seed: int, steps_cap: int | None) -> dict:
-    """A from-scratch run as common.smk's ``run_spec`` builds it; ``steps_cap`` shortens it for a check."""
-    options = run_options(config, "scratch")
+def run_spec(config: dict, kind: str, size: str, seed: int, steps_cap: int | None = None, **overrides) -> dict:
+    """A run as common.smk's ``run_spec`` builds it, with option ``overrides``; ``steps_cap`` shortens it."""
+    options = {**run_options(config, kind), **overrides}
     if steps_cap is not None:
         options["max_steps"] = min(options["max_steps"], steps_cap)
         options["min_steps"] = min(options["min_steps"], options["max_steps"])
     return {
-        "kind": "scratch",
+        "kind": kind,
         "model": {**model_shapes(config)[size], "n_ctx": config["context"]},
         "options": options,
         "seed": seed,
@@ -58,21 +58,34 @@ def scratch_spec(config: dict, size: str, seed: int, steps_cap: int | None) -> d
     }
 
 
-def draw_loss(config: dict, args: argparse.Namespace, size: str, seed: int, work: Path) -> tuple[float, dict]:
-    """Test loss (nats per character) of a from-scratch run on draw ``seed``, and the draw's subset metadata."""
-    target = args.results / "corpora" / config["target"]
-    tokenizer = args.results / "tokenizer" / "tokenizer.json"
-    subset_bin = work / f"seed{seed}" / f"{args.d_chars}.bin"
-    subset = make_subset(target / "documents", tokenizer, args.d_chars, subset_bin, seed,
-                         chunk_chars=config["subsets"]["chunk_chars"])
-    record = run_record(scratch_spec(config, size, seed, args.steps_cap), train=subset_bin,
-                        validation=target / "tokens" / "validation.bin", tokenizer=tokenizer, init_from=None,
-                        threads=args.threads or config["training"]["threads"], source=None, size=size)
-    run_dir = work / f"seed{seed}" / "run"
-    train(record["trainer"], run_dir)
+def subset(config: dict, results: Path, d_chars: int, seed: int, work: Path) -> tuple[Path, dict]:
+    """The pipeline's draw ``seed`` of ``d_chars`` characters of the target's train split."""
+    subset_bin = work / f"seed{seed}" / f"{d_chars}.bin"
+    meta = make_subset(results / "corpora" / config["target"] / "documents", results / "tokenizer" / "tokenizer.json",
+                       d_chars, subset_bin, seed, chunk_chars=config["subsets"]["chunk_chars"])
+    return subset_bin, meta
+
+
+def train_and_test(config: dict, results: Path, spec: dict, train_bin: Path, run_dir: Path,
+                   init_from: Path | None = None, threads: int | None = None) -> tuple[dict, float]:
+    """Train a run on ``train_bin`` (validated on the target's validation split); its summary and test loss
+    in nats per character."""
+    target = results / "corpora" / config["target"]
+    record = run_record(spec, train=train_bin, validation=target / "tokens" / "validation.bin",
+                        tokenizer=results / "tokenizer" / "tokenizer.json", init_from=init_from,
+                        threads=threads or config["training"]["threads"], source=None, size="probe")
+    summary = train(record["trainer"], run_dir)
     evaluation = evaluate(run_dir / "best.safetensors", run_dir / "model.json", target / "tokens" / "test.bin",
                           batch_size=config["evaluation"]["batch_size"])
-    return evaluation["test_loss_per_char"], subset
+    return summary, evaluation["test_loss_per_char"]
+
+
+def draw_loss(config: dict, args: argparse.Namespace, size: str, seed: int, work: Path) -> tuple[float, dict]:
+    """Test loss (nats per character) of a from-scratch run on draw ``seed``, and the draw's subset metadata."""
+    train_bin, meta = subset(config, args.results, args.d_chars, seed, work)
+    _, loss = train_and_test(config, args.results, run_spec(config, "scratch", size, seed, args.steps_cap),
+                             train_bin, work / f"seed{seed}" / "run", threads=args.threads)
+    return loss, meta
 
 
 def parse_args() -> argparse.Namespace:

@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from test_fitting import synthetic_runs
+from test_jointlaw import CHINCHILLA_CSV, chinchilla_points
 
 from transfer_scaling import cli
 
@@ -85,3 +87,53 @@ def test_errors_are_one_line_with_status_2(argv, message, runs_csv, tmp_path, ca
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1, err
+
+
+@pytest.fixture
+def chinchilla_runs_csv(tmp_path: Path) -> Path:
+    """The real Chinchilla runs below 1.5e19 FLOP as a runs table: scratch rows only, one D per N."""
+    n, d, loss = chinchilla_points(max_flop=1.5e19)
+    path = tmp_path / "chinchilla_runs.csv"
+    pd.DataFrame({"kind": "scratch", "n_params": n, "data_chars": d, "test_loss": loss, "status": "ok"}).to_csv(
+        path, index=False)
+    return path
+
+
+def test_joint_law_of_a_chinchilla_style_table(chinchilla_runs_csv, tmp_path, capsys):
+    """A table with no fine-tuned runs and one D per N gets its joint law, flagged degenerate (E at 0)."""
+    cli.main(["joint-law", str(chinchilla_runs_csv), "--out", str(tmp_path / "law"), "--bootstrap", "50"])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_points"] == 58 and summary["degenerate"] and summary["at_bounds"] == ["E"]
+    assert summary["E"] == "not identified (degenerate fit)" and not summary["identifiable"]
+    low, high = summary["beta"]["ci"]
+    assert low <= summary["beta"]["value"] <= high
+    law = json.loads((tmp_path / "law" / "joint_law.json").read_text())
+    assert law["degenerate"] and law["n_bootstrap"] == 50 and len(law["test_loss"]) == 58
+    assert {Path(path).name for path in summary["figures"]} == {"joint_law.png", "joint_law.svg"}
+    assert (tmp_path / "law" / "joint_law.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("chinchilla_raw", "error: runs table lacks column(s) ['kind', 'n_params', 'data_chars', 'test_loss']"),
+        ("finetune_only", "error: no from-scratch run with status ok among 2 rows"),
+        ("bad_loss", "error: row 1: column 'test_loss' is 'nan?'"),
+        ("one_size", "error: 3 points over 1 N and 3 D: a joint law needs >= 5 points"),
+    ],
+)
+def test_joint_law_refuses_bad_tables_in_one_line(table, message, tmp_path, capsys):
+    rows = {
+        "finetune_only": [("finetune", 1e6, 1e4, 2.0), ("finetune", 1e7, 1e4, 1.9)],
+        "bad_loss": [("scratch", 1e6, 1e4, 2.0), ("scratch", 1e6, 1e5, "nan?")],
+        "one_size": [("scratch", 1e6, d, 3.0 - i / 10) for i, d in enumerate((1e4, 1e5, 1e6))],
+    }
+    path = CHINCHILLA_CSV if table == "chinchilla_raw" else tmp_path / "runs.csv"
+    if table != "chinchilla_raw":
+        pd.DataFrame(rows[table], columns=["kind", "n_params", "data_chars", "test_loss"]).to_csv(path, index=False)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["joint-law", str(path), "--out", str(tmp_path / "law"), "--bootstrap", "0"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "law").exists()

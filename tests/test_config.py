@@ -53,7 +53,7 @@ BAD_CONFIGS = [
     ("sources", [], "config key 'sources'"),
     ("models.0.d_model", 25, "d_model 25 is not divisible by n_head 2"),
     ("models.0.n_layer", 0, "config key 'models.0.n_layer': value 0"),
-    ("models.1.name", "s", "model names must be unique"),
+    ("models.1.name", "xs", "model names must be unique"),
     ("models.0.width", 3, "unknown key(s) 'width'"),
     ("context", 4, "config key 'context': value 4"),
     ("training.lr", -0.1, "config key 'training.lr': value -0.1"),
@@ -96,8 +96,8 @@ BAD_CONFIGS = [
      "'text' has the same documents as the target 'python' (through 'text')"),
     ("corpora.text_code", {"files": DEFAULTS["corpora"]["text"]["files"]},
      "config key 'sources': 'text' and 'text_code' are the same corpus under two names"),
-    ("models.1", {"name": "m", "n_layer": 2, "d_model": 32, "n_head": 4},
-     "config key 'models.1' (m): N = 25472 non-embedding parameters, as models.0 (s)"),
+    ("models.2", {"name": "m", "n_layer": 2, "d_model": 32, "n_head": 4},
+     "config key 'models.2' (m): N = 25472 non-embedding parameters, as models.1 (s)"),
     ("finetune.d_f_chars", [3000, 3000], "config key 'finetune.d_f_chars': value [3000, 3000]"),
     ("scratch.d_chars", [3000, 3000, 10000], "config key 'scratch.d_chars': value [3000, 3000, 10000]"),
     ("pretraining_data.sizes", ["m", "m"], "config key 'pretraining_data.sizes': value ['m', 'm']"),
@@ -125,8 +125,8 @@ BAD_CONFIGS = [
      "config key 'finetune.d_f_chars': [3000] hold fewer characters than one context window of 4096 tokens"),
     ("finetune.d_f_chars", [3000, 2000000],
      "config key 'finetune.d_f_chars': [2000000] exceed the largest scratch D 1000000"),
-    ("scratch.d_chars", [3000, 100000],
-     "config key 'finetune.d_f_chars': [300000] exceed the largest scratch D 100000"),
+    ("scratch.d_chars", [3000, 30000],
+     "config key 'finetune.d_f_chars': [100000] exceed the largest scratch D 30000"),
     ("pretraining_data.d_f_chars", [3000000],
      "config key 'pretraining_data.d_f_chars': [3000000] exceed the largest scratch D 1000000"),
     ("fit.low_data_fraction", 0.001,
@@ -152,8 +152,8 @@ def test_bad_config_names_key_and_value(default_config, schema, key, value, mess
 
 def test_d_f_above_target_size_is_refused(default_config, schema):
     config = validate_config(default_config, schema)
-    with pytest.raises(ConfigError, match=r"'finetune.d_f_chars': \[300000\] exceed the target 'python'"):
-        check_target_size(config, target_train_chars=200_000)
+    with pytest.raises(ConfigError, match=r"'finetune.d_f_chars': \[100000\] exceed the target 'python'"):
+        check_target_size(config, target_train_chars=50_000)
 
 
 def test_presets_are_valid(default_config, schema):

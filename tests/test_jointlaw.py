@@ -15,6 +15,15 @@ CHINCHILLA_CSV = Path("/work/shared/data/chinchilla_svg_extracted.csv")
 SMALL_GRID = jointlaw.chinchilla_grid()[::15]
 
 
+def chinchilla_points(max_flop: float = np.inf, drop_highest: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, D, loss) of the real Chinchilla runs below a compute budget; D = C / (6 N) tokens."""
+    runs = pd.read_csv(CHINCHILLA_CSV).sort_values("loss")
+    runs = runs.iloc[: len(runs) - drop_highest]
+    runs = runs[runs["Training FLOP"] < max_flop]
+    n = runs["Model Size"].to_numpy()
+    return n, runs["Training FLOP"].to_numpy() / (6 * n), runs["loss"].to_numpy()
+
+
 def synthetic_points() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n, d = np.meshgrid(np.logspace(5, 8, 5), np.logspace(6, 10, 6))
     n, d = n.ravel(), d.ravel()
@@ -52,6 +61,33 @@ def test_recovers_exact_law_with_intervals():
         low, high = fit[f"{name}_ci"]
         assert low <= truth <= high, (name, low, high)
     np.testing.assert_allclose(jointlaw.predict_chinchilla(fit, n, d), noisy, rtol=0.01)
+
+
+def test_degenerate_fit_on_real_small_budget_runs():
+    """The 58 Chinchilla runs below 1.5e19 FLOP (its two smallest budgets) show no loss floor: the optimum puts
+    E at ~1e-8, the lower edge of its range. That is flagged, not reported as an estimate, and never predicts."""
+    n, d, loss = chinchilla_points(max_flop=1.5e19)
+    fit = fit_chinchilla(n, d, loss, kaplan=False)
+    assert fit["n_points"] == 58 and fit["E"] < 1e-3
+    assert fit["degenerate"] and not fit["identifiable"] and fit["at_bounds"] == ["E"]
+    assert "E is at its lower bound 0" in fit["reason"]
+    with pytest.raises(JointLawError, match="degenerate"):
+        jointlaw.predict_chinchilla(fit, n, d)
+
+
+@pytest.mark.parametrize("points", [synthetic_points, lambda: chinchilla_points(drop_highest=5)],
+                         ids=["synthetic", "chinchilla_all_runs"])
+def test_well_posed_fit_is_not_degenerate(points):
+    fit = fit_chinchilla(*points(), grid=SMALL_GRID, kaplan=False)
+    assert fit["identifiable"] and not fit["degenerate"] and fit["at_bounds"] == []
+    assert fit["E"] > 1.0 and "reason" not in fit
+
+
+def test_exponents_at_either_end_of_the_range_are_at_bounds():
+    data = jointlaw._prepare(*synthetic_points())
+    found = jointlaw.at_bounds(np.array([6.0, 40.0, 0.4, 0.0, 2.5]), data)
+    assert set(found) == {"alpha", "beta"}
+    assert jointlaw.at_bounds(np.array([6.0, 7.0, 0.4, 0.34, 0.28]), data) == {}
 
 
 def test_batched_lbfgs_solves_independent_quadratics():

@@ -105,7 +105,7 @@ def test_learning_rate_warms_up_holds_then_cools_down_to_the_floor(data) -> None
     assert learning_rate(run, 119, cooldown) == pytest.approx(1e-4)
     rates = [learning_rate(run, s, cooldown) for s in range(100, 120)]
     assert all(a > b for a, b in zip(rates, rates[1:]))
-    assert cooldown_from(run, 7).steps == run.eval_interval
+    assert cooldown_from(run, 7).steps == 1 and cooldown_from(run, 7, min_steps=10).steps == 10
 
 
 def test_batches_depend_on_seed_and_step_only() -> None:

@@ -1,7 +1,7 @@
 """The ``transfer-scaling`` console script.
 
-``fit`` and ``advise`` and ``figures`` need only numpy, scipy, pandas and seaborn: heavy modules (torch,
-deepspeed) are imported inside the subcommands that train, never at module level, so a fit of a runs
+``fit``, ``joint-law``, ``advise`` and ``figures`` need only numpy, scipy, pandas and seaborn: heavy modules
+(torch, deepspeed) are imported inside the subcommands that train, never at module level, so a fit of a runs
 table answers in seconds.
 """
 
@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
-from .fitting import DEFAULT_SLOPE_TOLERANCE, FitError, advise, fit_file, load_fit
+from .fitting import DEFAULT_SLOPE_TOLERANCE, FitError, advise, fit_file, load_fit, read_runs, to_jsonable
+from .io import write_json
+from .jointlaw import fit_scratch_runs, law_summary
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,6 +47,18 @@ def _law_summary(block: dict) -> dict:
     return {name: block[name] for name in ("k", "alpha", "beta", "k_ci", "alpha_ci", "beta_ci")}
 
 
+def _joint_law(args: argparse.Namespace) -> None:
+    """The joint law alone, for a table the transfer fit refuses (no fine-tuned runs, one D per N)."""
+    from .plots import draw_joint_law
+
+    law = to_jsonable(fit_scratch_runs(read_runs(args.runs), n_bootstrap=args.bootstrap, seed=args.seed))
+    law["runs_csv"] = str(args.runs)
+    out = Path(args.out)
+    write_json(out / "joint_law.json", law)
+    figures = draw_joint_law(law, out / "joint_law")
+    print(json.dumps({"out": str(out), "figures": [str(path) for path in figures], **law_summary(law)}, indent=2))
+
+
 def _advise(args: argparse.Namespace) -> None:
     print(json.dumps(advise(load_fit(args.fit), args.source, args.n_params, args.d_f_chars), indent=2))
 
@@ -70,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="flag D_E where the scratch curve is flatter than this (nats per e-fold of D)")
     fit.add_argument("--no-joint-law", action="store_true", help="skip the joint L(N, D) diagnostic")
     fit.set_defaults(handler=_fit)
+
+    joint = commands.add_parser("joint-law", help="fit L(N, D) = E + A/N^alpha + B/D^beta to the scratch runs alone")
+    joint.add_argument("runs", help="runs table (CSV) with kind, n_params, data_chars, test_loss; kind 'scratch' rows")
+    joint.add_argument("--out", required=True, help="directory for joint_law.json and joint_law.png/.svg")
+    joint.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    joint.add_argument("--seed", type=int, default=0)
+    joint.set_defaults(handler=_joint_law)
 
     advice = commands.add_parser("advise", help="what 10x more data buys against 10x more parameters")
     advice.add_argument("fit", help="transfer_fit.json (or the directory holding it)")

@@ -11,6 +11,11 @@ as per-point weights (multinomial counts), started from the full-data optimum.
 Kaplan et al. (2020): L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D, written here as
 log L = alpha_D * LSE(c_1 - q log N, c_2 - log D) with q = alpha_N/alpha_D, N_c = e^(c_1/q), D_c = e^c_2.
 The transfer paper found this form too poor to invert; it is reported only as a diagnostic.
+
+A fit can be *degenerate*: a term that contributes nothing (E at 0 when the points show no floor) or an exponent
+at 0 or at the top of the searched range. The optimum is then a point on the edge of the parameter space, not an
+estimate (E = 2e-197 "fits" as well as E = 1e-5), so such a fit is reported as not identifiable, with the
+parameters at their bounds named, and ``predict_chinchilla`` refuses it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import minimize
 
 HUBER_DELTA = 1e-3
@@ -33,6 +39,13 @@ CHINCHILLA_GRID = {
     "beta": np.arange(0.0, 2.1, 0.5),
 }
 CHINCHILLA_PARAMS = ("a", "b", "e", "alpha", "beta")
+EXPONENT_RANGE = (float(CHINCHILLA_GRID["alpha"].min()), float(CHINCHILLA_GRID["alpha"].max()))
+"""The exponents searched by Hoffmann et al. (and spanned by the start grid); a fit at either end is degenerate."""
+EXPONENT_TOLERANCE = 1e-3
+NEGLIGIBLE_SHARE = 1e-3
+"""A term below this share of the predicted loss at every point is at its lower bound 0."""
+TERM_NAMES = {"A": "A/N^alpha", "B": "B/D^beta", "E": "E"}
+RUNS_COLUMNS = ("kind", "n_params", "data_chars", "test_loss")
 KAPLAN_PARAMS = ("c1", "q", "c2", "alpha_d")
 
 Objective = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -265,7 +278,8 @@ def fit_chinchilla(n_params: Any, d: Any, loss: Any, delta: float = HUBER_DELTA,
     """Fit L = E + A/N^alpha + B/D^beta (and, as a diagnostic, Kaplan's form); JSON-ready dict.
 
     Returns A, B, E, alpha, beta (and a, b, e), the Huber objective, residuals of log L, the seconds the start
-    grid took, and with ``n_bootstrap`` > 0 percentile 95% intervals ``<name>_ci``.
+    grid took, whether the fit is ``identifiable`` or ``degenerate`` (``at_bounds`` names the parameters at a
+    bound, ``reason`` says why), and with ``n_bootstrap`` > 0 percentile 95% intervals ``<name>_ci``.
     """
     data = _prepare(n_params, d, loss)
     grid = chinchilla_grid() if grid is None else np.asarray(grid, float)
@@ -277,7 +291,7 @@ def fit_chinchilla(n_params: Any, d: Any, loss: Any, delta: float = HUBER_DELTA,
     result: dict[str, Any] = {
         "a": a, "b": b, "e": e, "alpha": alpha, "beta": beta, "A": math.exp(a), "B": math.exp(b), "E": math.exp(e),
         "huber_delta": delta, "objective": value, "n_points": int(data.log_n.size), "n_starts": int(len(grid)),
-        "grid_seconds": grid_seconds, "residuals_log_loss": residuals.tolist(),
+        "grid_seconds": grid_seconds, "residuals_log_loss": residuals.tolist(), **degeneracy(best, data),
     }
     if n_bootstrap > 0:
         starts = np.vstack([best, leaders[: max(n_polish // 4, 1)]])
@@ -290,6 +304,89 @@ def fit_chinchilla(n_params: Any, d: Any, loss: Any, delta: float = HUBER_DELTA,
     if kaplan:
         result["kaplan"] = fit_kaplan(data, delta)
     return result
+
+
+def at_bounds(theta: np.ndarray, data: JointData) -> dict[str, str]:
+    """The parameters of a Chinchilla fit ``theta`` (5,) that sit at a bound, each with why.
+
+    A term is at its lower bound 0 when it is a negligible share of the predicted loss at every point (then
+    any smaller value fits as well: E = 2e-197 is no estimate of an irreducible loss); an exponent is at a
+    bound within ``EXPONENT_TOLERANCE`` of either end of ``EXPONENT_RANGE``, or beyond it.
+    """
+    shares = chinchilla_log_loss(theta[None, :], data)[1]
+    found = {}
+    for (name, term), log_value, share in zip(TERM_NAMES.items(), theta[:3], shares):
+        if share.max() < NEGLIGIBLE_SHARE:
+            found[name] = (f"{term} is at its lower bound 0 ({name} = {math.exp(log_value):.3g}; at most "
+                           f"{share.max():.1e} of the loss at any point)")
+    low, high = EXPONENT_RANGE
+    for name, value in (("alpha", theta[3]), ("beta", theta[4])):
+        if value <= low + EXPONENT_TOLERANCE or value >= high - EXPONENT_TOLERANCE:
+            found[name] = f"{name} = {value:.4g} is at or beyond an end of the searched range {low:g}..{high:g}"
+    return found
+
+
+def degeneracy(theta: np.ndarray, data: JointData) -> dict[str, Any]:
+    """``identifiable``, ``degenerate``, ``at_bounds`` (names) and, when degenerate, the ``reason``."""
+    found = at_bounds(theta, data)
+    verdict: dict[str, Any] = {"identifiable": not found, "degenerate": bool(found), "at_bounds": list(found)}
+    if found:
+        verdict["reason"] = "a point on the edge of the parameter space, not an estimate: " + "; ".join(found.values())
+    return verdict
+
+
+def scratch_points(runs: pd.DataFrame) -> pd.DataFrame:
+    """The successful from-scratch rows of a runs table (``n_params``, ``data_chars``, ``test_loss`` as floats).
+
+    Unlike the transfer fit this needs no fine-tuned runs and no second D per N: a Chinchilla-style table
+    (one D per N) is what the joint law is for. Each seed is a point of its own.
+    """
+    missing = [column for column in RUNS_COLUMNS if column not in runs.columns]
+    if missing:
+        raise JointLawError(f"runs table lacks column(s) {missing}; the joint law needs {list(RUNS_COLUMNS)} "
+                            "(rows with kind 'scratch')")
+    ok = runs["status"].fillna("ok").astype(str).eq("ok") if "status" in runs.columns else True
+    scratch = runs[runs["kind"].astype(str).eq("scratch") & ok]
+    if scratch.empty:
+        raise JointLawError(f"no from-scratch run with status ok among {len(runs)} rows (kinds: "
+                            f"{sorted(runs['kind'].astype(str).unique())}); the joint law is fitted to kind 'scratch'")
+    columns = {}
+    for column in RUNS_COLUMNS[1:]:
+        values = pd.to_numeric(scratch[column], errors="coerce")
+        bad = scratch.index[~(np.isfinite(values) & (values > 0))]
+        if len(bad):
+            raise JointLawError(f"row {bad[0]}: column {column!r} is {runs.at[bad[0], column]!r}; "
+                                "it must be a positive number")
+        columns[column] = values.astype(float)
+    return pd.DataFrame(columns)
+
+
+def fit_scratch_runs(runs: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The joint law of a runs table's scratch rows: its points and ``fit_chinchilla``'s result, JSON-ready."""
+    if n_bootstrap < 0:
+        raise JointLawError(f"n_bootstrap = {n_bootstrap}: must be >= 0")
+    points = scratch_points(runs)
+    fit = fit_chinchilla(points["n_params"], points["data_chars"], points["test_loss"], n_bootstrap=n_bootstrap,
+                         seed=seed)
+    return {"n_params": points["n_params"].tolist(), "d_chars": points["data_chars"].tolist(),
+            "test_loss": points["test_loss"].tolist(), **fit}
+
+
+def law_summary(law: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers a reader needs: each parameter with its interval, or why the fit is not identifiable.
+
+    A degenerate fit keeps the exponents not at a bound (the shape of the fitted range) but shows no A, B or E:
+    with one term at its bound the others absorb it, so none of them is an estimate.
+    """
+    summary = {key: law.get(key) for key in ("n_points", "identifiable", "degenerate", "at_bounds", "reason")}
+    for name in ("alpha", "beta", *TERM_NAMES):
+        if name in (law.get("at_bounds") or []) or (name in TERM_NAMES and law.get("degenerate")):
+            summary[name] = "not identified (degenerate fit)"
+        elif name in law:
+            summary[name] = law[name] if f"{name}_ci" not in law else {"value": law[name], "ci": law[f"{name}_ci"]}
+    if law.get("kaplan"):
+        summary["kaplan_rms_log_residual"] = law["kaplan"]["rms_log_residual"]
+    return summary
 
 
 def kaplan_grid(data: JointData) -> np.ndarray:
@@ -312,6 +409,9 @@ def fit_kaplan(data: JointData, delta: float = HUBER_DELTA, n_polish: int = 4) -
 
 
 def predict_chinchilla(fit: dict[str, Any], n_params: Any, d: Any) -> np.ndarray:
+    """L(N, D) of a fit; a degenerate fit is refused, since its E (and so every prediction) is not identified."""
+    if fit.get("degenerate"):
+        raise JointLawError(f"a degenerate joint law predicts nothing ({fit.get('reason', 'a parameter at a bound')})")
     return fit["E"] + fit["A"] / np.power(n_params, fit["alpha"]) + fit["B"] / np.power(d, fit["beta"])
 
 

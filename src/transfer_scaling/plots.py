@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from . import fitting  # noqa: E402
@@ -35,7 +37,10 @@ LABELS = {
     "multiplier": "effective data multiplier, D_E / D_F",
     "d_p_tokens": "D_p, pretraining data seen (tokens)",
     "bleu": "next-line completion BLEU",
+    "chrf": "next-line completion chrF",
 }
+DP_SCORES = ("bleu", "chrf")
+"""Scores drawn against D_p, side by side: BLEU as published, chrF because it still moves where BLEU is ~0."""
 FIT_NAMES = {"appendix_c": "Appendix C", "huber": "Huber"}
 
 
@@ -54,12 +59,23 @@ def make_figures(runs_csv: str | os.PathLike, fit_dir: str | os.PathLike, out_di
         "multiplier_heatmap": lambda: multiplier_heatmap(fit),
         "ossification": lambda: ossification_plot(fit),
     }
-    if fit.get("joint_law") and fit["joint_law"].get("identifiable"):
-        drawers["joint_law"] = lambda: joint_law_plot(fit)
+    if "residuals_log_loss" in (fit.get("joint_law") or {}):
+        drawers["joint_law"] = lambda: joint_law_plot(fit["joint_law"])
+    return _render_all(drawers, Path(out_dir))
+
+
+def draw_joint_law(law: dict[str, Any], stem: Path) -> list[Path]:
+    """The joint-law figure alone (PNG and SVG at ``stem``), for a law fitted outside a transfer fit."""
+    sns.set_theme(style="whitegrid", context="paper")
+    return _render_all({stem.name: lambda: joint_law_plot(law)}, stem.parent)
+
+
+def _render_all(drawers: dict[str, Callable[[], plt.Figure]], out_dir: Path) -> list[Path]:
+    """Draw, save and close each figure in turn, so only one is held in memory."""
     written = []
     for name, draw in drawers.items():
         figure = draw()
-        written += save_figure(figure, Path(out_dir) / name)
+        written += save_figure(figure, out_dir / name)
         plt.close(figure)
     return written
 
@@ -237,25 +253,61 @@ def ossification_plot(fit: dict[str, Any]) -> plt.Figure:
     return figure
 
 
-def joint_law_plot(fit: dict[str, Any]) -> plt.Figure:
-    """Scratch losses with the joint-law fits (Chinchilla solid, Kaplan dashed) and their log residuals."""
-    law = fit["joint_law"]
+def joint_law_plot(law: dict[str, Any]) -> plt.Figure:
+    """Scratch losses with the joint-law fits (Chinchilla solid, Kaplan dashed) and their log residuals.
+
+    A degenerate Chinchilla fit (a parameter at its bound) gets no curve, only its residuals: its E is not an
+    estimate, so nothing that depends on it is drawn, and the title says so.
+    """
+    degenerate = bool(law.get("degenerate"))
+    kaplan = law.get("kaplan")
     figure, (curves, residuals) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     table = pd.DataFrame({key: law[key] for key in ("n_params", "d_chars", "test_loss", "residuals_log_loss")})
-    colours = sns.color_palette("viridis", table["n_params"].nunique())
-    for (n_params, group), colour in zip(table.groupby("n_params"), colours):
+    scale = _size_scale(table["n_params"])
+    for n_params, group in table.groupby("n_params"):
+        group, colour = group.sort_values("d_chars"), scale.to_rgba(n_params)
         grid = np.logspace(np.log10(group["d_chars"].min()), np.log10(group["d_chars"].max()), 60)
         curves.scatter(group["d_chars"], group["test_loss"], color=colour, label=_n_label(n_params))
-        curves.plot(grid, predict_chinchilla(law, n_params, grid), color=colour)
-        curves.plot(grid, predict_kaplan(law["kaplan"], n_params, grid), "--", color=colour)
+        if not degenerate:
+            curves.plot(grid, predict_chinchilla(law, n_params, grid), color=colour)
+        if kaplan:
+            curves.plot(grid, predict_kaplan(kaplan, n_params, grid), "--", color=colour)
         residuals.plot(group["d_chars"], group["residuals_log_loss"], "o", color=colour)
-    curves.set(xscale="log", xlabel=LABELS["d_chars"], ylabel=LABELS["test_loss"],
-               title=f"E + A/N^{law['alpha']:.3f} + B/D^{law['beta']:.3f} (solid); Kaplan (dashed)")
-    curves.legend(fontsize="small")
+    curves.set(xscale="log", xlabel=LABELS["d_chars"], ylabel=LABELS["test_loss"], title=_joint_law_title(law))
+    _size_key(figure, curves, scale, table["n_params"].nunique())
     residuals.axhline(0.0, color="black", lw=1)
-    residuals.set(xscale="log", xlabel=LABELS["d_chars"], ylabel="log L observed - fitted",
-                  title=f"residuals; Kaplan rms {law['kaplan']['rms_log_residual']:.3g}")
+    kaplan_rms = f"; Kaplan rms {kaplan['rms_log_residual']:.3g}" if kaplan else ""
+    residuals.set(xscale="log", xlabel=LABELS["d_chars"], ylabel="log L observed - fitted (Chinchilla form)",
+                  title=f"residuals{kaplan_rms}")
+    figure.suptitle(_joint_law_verdict(law), fontsize="small")
     return figure
+
+
+def _size_scale(n_params: pd.Series) -> plt.cm.ScalarMappable:
+    """Colours by log N, so sizes close together look alike however many there are."""
+    return plt.cm.ScalarMappable(LogNorm(n_params.min(), n_params.max()), sns.color_palette("viridis", as_cmap=True))
+
+
+def _size_key(figure: plt.Figure, axis: plt.Axes, scale: plt.cm.ScalarMappable, count: int, most: int = 8) -> None:
+    """A legend of the sizes, or a colour bar when there are too many to list (one D per N, as in Chinchilla)."""
+    if count <= most:
+        axis.legend(fontsize="small")
+    else:
+        figure.colorbar(scale, ax=axis, label=LABELS["n_params"])
+
+
+def _joint_law_title(law: dict[str, Any]) -> str:
+    kaplan = "; Kaplan (dashed)" if law.get("kaplan") else ""
+    if law.get("degenerate"):
+        return f"E + A/N^alpha + B/D^beta: degenerate, no curve drawn{kaplan}"
+    return f"E + A/N^{law['alpha']:.3f} + B/D^{law['beta']:.3f} (solid){kaplan}"
+
+
+def _joint_law_verdict(law: dict[str, Any]) -> str:
+    """The figure's headline: whether the fitted joint law is an estimate, and if not, which bound it hit."""
+    if law.get("degenerate"):
+        return "\n".join(textwrap.wrap(f"DEGENERATE joint law, not identifiable: {law.get('reason', '')}", 150))
+    return f"L(N, D) of {len(law['n_params'])} from-scratch runs: no parameter at a bound; E = {law['E']:.3g}"
 
 
 def make_dp_figures(runs_csv: str | os.PathLike, dp_fit_json: str | os.PathLike,
@@ -264,13 +316,8 @@ def make_dp_figures(runs_csv: str | os.PathLike, dp_fit_json: str | os.PathLike,
     table = pd.read_csv(runs_csv)
     analysis = fitting.load_fit(dp_fit_json)
     sns.set_theme(style="whitegrid", context="paper")
-    written = []
-    for name, draw in {"dp_loss_and_score": lambda: dp_laws_plot(table, analysis),
-                       "dp_transferred": lambda: dp_transferred_plot(analysis)}.items():
-        figure = draw()
-        written += save_figure(figure, Path(out_dir) / name)
-        plt.close(figure)
-    return written
+    return _render_all({"dp_loss_and_score": lambda: dp_laws_plot(table, analysis),
+                        "dp_transferred": lambda: dp_transferred_plot(analysis)}, Path(out_dir))
 
 
 def _dp_law_panel(axis: plt.Axes, group: pd.DataFrame, column: str, fit: dict[str, Any],
@@ -289,26 +336,30 @@ def _dp_law_panel(axis: plt.Axes, group: pd.DataFrame, column: str, fit: dict[st
 
 
 def dp_laws_plot(table: pd.DataFrame, analysis: dict[str, Any]) -> plt.Figure:
-    """Per (N, D_F): cross-entropy and BLEU against D_p for each source; x marks the laws' held-out predictions."""
+    """Per (N, D_F): cross-entropy, BLEU and chrF against D_p for each source; x marks the laws' held-out
+    predictions."""
     groups = analysis["groups"]
     keys = sorted({(g["n_params"], g["d_f_chars"]) for g in groups})
-    figure, axes = plt.subplots(len(keys), 2, figsize=(9, 3.4 * len(keys)), squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(len(keys), 1 + len(DP_SCORES), figsize=(4.5 * (1 + len(DP_SCORES)), 3.4 * len(keys)),
+                                squeeze=False, layout="constrained")
     colours = _palette(sorted({g["source"] for g in groups}))
-    for (loss_axis, score_axis), (n_params, d_f_chars) in zip(axes, keys):
+    for (loss_axis, *score_axes), (n_params, d_f_chars) in zip(axes, keys):
         for group_fit in (g for g in groups if (g["n_params"], g["d_f_chars"]) == (n_params, d_f_chars)):
             source = group_fit["source"]
             rows = table[(table["source"] == source) & (table["n_params"] == n_params)
                          & (table["d_f_chars"] == d_f_chars)].sort_values("d_p_tokens")
-            verdict = group_fit.get("bleu_verdict", {}).get("verdict", "n/a")
             _dp_law_panel(loss_axis, rows, "test_loss", group_fit["loss_fit"], predict_dp_loss, colours[source],
                           source)
-            _dp_law_panel(score_axis, rows, "bleu", group_fit["bleu_fit"], predict_dp_score, colours[source],
-                          f"{source} ({verdict})")
+            for score_axis, score in zip(score_axes, DP_SCORES):
+                verdict = group_fit.get(f"{score}_verdict", {}).get("verdict", "n/a")
+                _dp_law_panel(score_axis, rows, score, group_fit[f"{score}_fit"], predict_dp_score, colours[source],
+                              f"{source} ({verdict})")
         title = f"{_n_label(n_params)}, D_F = {d_f_chars:.3g} characters"
         loss_axis.set(xscale="log", xlabel=LABELS["d_p_tokens"], ylabel=LABELS["test_loss"], title=title)
-        score_axis.set(xscale="log", xlabel=LABELS["d_p_tokens"], ylabel=LABELS["bleu"], title=title)
         loss_axis.legend(fontsize="small")
-        score_axis.legend(fontsize="small", title="source (score vs loss)", title_fontsize="small")
+        for score_axis, score in zip(score_axes, DP_SCORES):
+            score_axis.set(xscale="log", xlabel=LABELS["d_p_tokens"], ylabel=LABELS[score], title=title)
+            score_axis.legend(fontsize="small", title="source (score vs loss)", title_fontsize="small")
     return figure
 
 

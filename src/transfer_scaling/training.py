@@ -250,9 +250,9 @@ class Cooldown:
         return self.start + self.steps
 
 
-def cooldown_from(run: TrainSpec, start: int) -> Cooldown:
-    """``cooldown_fraction`` of the steps before ``start``, and at least one validation interval."""
-    return Cooldown(start, max(run.eval_interval, round(run.cooldown_fraction * start)))
+def cooldown_from(run: TrainSpec, start: int, min_steps: int = 1) -> Cooldown:
+    """``cooldown_fraction`` of the steps before ``start``, and at least ``min_steps``."""
+    return Cooldown(start, max(min_steps, round(run.cooldown_fraction * start)))
 
 
 def learning_rate(run: TrainSpec, step: int, cooldown: Cooldown | None = None) -> float:
@@ -685,7 +685,9 @@ class Trainer:
         progress = self.progress
         self.check_losses()
         self.load_state(self.stable_dir)
-        cooldown = cooldown_from(self.run, progress.best_step)
+        # At least one validation interval, so that a run whose best is its first evaluation (a fine-tune that
+        # only hurts at the peak rate) still gets a decayed-rate chance to improve on its starting weights.
+        cooldown = cooldown_from(self.run, progress.best_step, min_steps=self.run.eval_interval)
         self.info("%s at step %d: cooling down from the best stable step %d (val loss %.4f) over %d steps",
                   reason, progress.step, cooldown.start, progress.best_val_loss, cooldown.steps)
         self.record({"event": "cooldown", "step": progress.step, "reason": reason, "start": cooldown.start,

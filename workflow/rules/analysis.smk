@@ -1,4 +1,4 @@
-"""Analysis: the D_T fit per source, its figures, and the report."""
+"""Analysis: the D_T fit per source, its figures, and the answer that opens the report."""
 
 
 rule fit:
@@ -39,3 +39,19 @@ rule figures:
         "../../envs/transfer-scaling.yaml"
     script:
         "../scripts/figures.py"
+
+
+rule answer:
+    input:
+        fit=f"{RESULTS}/fit/transfer_fit.json",
+        figures=f"{RESULTS}/figures",
+    output:
+        report(f"{RESULTS}/fit/answer.rst", category="Answer", caption="../report/answer.rst"),
+    params:
+        target=TARGET,
+    log:
+        f"{LOGS}/answer.log",
+    conda:
+        "../../envs/transfer-scaling.yaml"
+    script:
+        "../scripts/answer.py"

@@ -182,7 +182,8 @@ def snapshot_run_records():
 
 
 def final_outputs():
-    outputs = [f"{RESULTS}/runs.csv", f"{RESULTS}/fit/transfer_fit.json", f"{RESULTS}/figures"]
+    outputs = [f"{RESULTS}/runs.csv", f"{RESULTS}/fit/transfer_fit.json", f"{RESULTS}/figures",
+               f"{RESULTS}/fit/answer.rst"]
     if DP_AXIS:
         outputs += [f"{RESULTS}/pretraining_data/dp_fit.json"]
     return outputs
