@@ -156,12 +156,21 @@ def test_d_f_above_target_size_is_refused(default_config, schema):
         check_target_size(config, target_train_chars=50_000)
 
 
-def test_presets_are_valid(default_config, schema):
+def test_presets_are_valid():
     for preset in sorted((ROOT / "presets").glob("*.yaml")):
-        config = copy.deepcopy(default_config)
-        with open(preset, encoding="utf-8") as handle:
-            _merge(config, yaml.safe_load(handle))
-        validate_config(config, schema)
+        study_config(preset.stem)
+
+
+def study_config(*overlays: str | dict) -> dict:
+    """config.yaml with each overlay (a preset's name, or a mapping) merged in as ``--configfile`` does, validated
+    and filled with the schema's defaults: the config a study's jobs see."""
+    config = copy.deepcopy(DEFAULTS)
+    for overlay in overlays:
+        if isinstance(overlay, str):
+            with open(ROOT / "presets" / f"{overlay}.yaml", encoding="utf-8") as handle:
+                overlay = yaml.safe_load(handle)
+        _merge(config, overlay)
+    return validate_config(config, load_schema(SCHEMA))
 
 
 def _merge(base: dict, overlay: dict) -> None:

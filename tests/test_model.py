@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from transfer_scaling.config import non_embedding_params
 from transfer_scaling.model import GPT, GPTConfig, WeightsMismatchError, load_weights, n_params, save_weights
 
 SHAPES = [(1, 16, 2), (2, 32, 4), (3, 48, 3), (4, 64, 8), (2, 112, 4), (6, 256, 8)]
@@ -16,6 +17,13 @@ def small_config(**overrides: int) -> GPTConfig:
 def test_n_params_matches_the_exact_formula(n_layer: int, d_model: int, n_head: int) -> None:
     model = GPT(GPTConfig(n_layer=n_layer, d_model=d_model, n_head=n_head, n_ctx=64, vocab_size=300))
     assert n_params(model) == 12 * n_layer * d_model**2 + 13 * n_layer * d_model + 2 * d_model
+
+
+@pytest.mark.parametrize("n_layer,d_model,n_head", SHAPES)
+def test_n_params_is_the_n_the_config_counts(n_layer: int, d_model: int, n_head: int) -> None:
+    """The config check and the cluster cost model count N from a shape without building the model."""
+    shape = {"n_layer": n_layer, "d_model": d_model, "n_head": n_head}
+    assert n_params(GPT(GPTConfig(**shape, n_ctx=64, vocab_size=300))) == non_embedding_params(shape)
 
 
 @pytest.mark.parametrize("n_layer,d_model,n_head", SHAPES)

@@ -18,6 +18,8 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+"""The schema of the checkout the package is installed from (editable: scripts/setup.sh, envs/)."""
 TRAINING_KINDS = ("pretrain", "finetune", "scratch")
 
 
@@ -111,10 +113,22 @@ def _check_mixtures(corpora: dict) -> None:
                         f"config key 'corpora.{name}.mixture': component {component!r} is itself a mixture; "
                         "mix corpora made of files only"
                     )
-            if not math.isclose(sum(weights.values()), 1.0, abs_tol=1e-6):
-                raise ConfigError(
-                    f"config key 'corpora.{name}.mixture': weights sum to {sum(weights.values()):g}, must sum to 1"
-                )
+            try:
+                check_mixture_weights(weights)
+            except ValueError as error:
+                raise ConfigError(f"config key 'corpora.{name}.mixture': {error}") from None
+
+
+def check_mixture_weights(weights: dict) -> None:
+    """A mixture takes each component's fraction of its characters, so the fractions must add up to the whole. The
+    one statement of the rule, for the config check and for corpora.build_mixture."""
+    if not isinstance(weights, dict) or not weights:
+        raise ValueError("weights must map component corpora to fractions")
+    bad = {c: w for c, w in weights.items() if not isinstance(w, (int, float)) or not 0 < w <= 1}
+    if bad:
+        raise ValueError(f"weights {bad} must be fractions in (0, 1]")
+    if not math.isclose(sum(weights.values()), 1.0, abs_tol=1e-6):
+        raise ValueError(f"weights sum to {sum(weights.values()):g}, must sum to 1")
 
 
 def _content(spec: dict) -> str:
@@ -177,17 +191,25 @@ def non_embedding_params(shape: dict) -> int:
     return 12 * layers * width**2 + 13 * layers * width + 2 * width
 
 
+def check_heads(d_model: int, n_head: int) -> None:
+    """Attention splits d_model evenly across its heads: the one statement of the rule, which model.GPTConfig
+    applies to every model built and the config check to every size before a job runs (without importing torch)."""
+    if d_model % n_head:
+        raise ValueError(
+            f"d_model {d_model} is not divisible by n_head {n_head}; choose n_head among the divisors of d_model"
+        )
+
+
 def _check_models(models: list[dict]) -> None:
     names = [shape["name"] for shape in models]
     if len(set(names)) != len(names):
         raise ConfigError(f"config key 'models': model names must be unique, got {names}")
     by_n: dict[int, int] = {}
     for index, shape in enumerate(models):
-        if shape["d_model"] % shape["n_head"]:
-            raise ConfigError(
-                f"config key 'models.{index}' ({shape['name']}): d_model {shape['d_model']} "
-                f"is not divisible by n_head {shape['n_head']}"
-            )
+        try:
+            check_heads(shape["d_model"], shape["n_head"])
+        except ValueError as error:
+            raise ConfigError(f"config key 'models.{index}' ({shape['name']}): {error}") from None
         n = non_embedding_params(shape)
         first = by_n.setdefault(n, index)
         if first != index:
@@ -217,13 +239,20 @@ def _check_overrides_reach_jobs(config: dict, kind: str) -> None:
         )
 
 
+def min_steps_beyond_cap(options: dict) -> bool:
+    """True when min_steps (no early stop before it) exceeds max_steps (the step cap), which would end the run before
+    early stopping could. The one statement of the rule: the config check applies it to every kind of run, and
+    training.parse_spec to each run's spec."""
+    return options["min_steps"] > options["max_steps"]
+
+
 def _check_schedule(config: dict, kind: str) -> None:
     """Step settings of one kind of run that contradict its step cap or its context window. Fine-tuning and
     from-scratch runs are data-limited: early stopping on validation loss is what ends them at their best."""
     options = run_options(config, kind)
     cap = f"max_steps {options['max_steps']} of {kind} runs"
     problems = (
-        ("min_steps", options["min_steps"] > options["max_steps"], f"exceeds {cap}"),
+        ("min_steps", min_steps_beyond_cap(options), f"exceeds {cap}"),
         ("warmup_steps", options["warmup_steps"] >= options["max_steps"],
          f"is not below {cap}: the run would end before its learning rate peaks"),
         ("eval_interval", kind != "pretrain" and options["eval_interval"] > options["max_steps"],
@@ -237,13 +266,19 @@ def _check_schedule(config: dict, kind: str) -> None:
             raise ConfigError(f"config key '{_option_key(config, kind, name)}': {name} {options[name]} {why}")
 
 
+def training_gpus(config: dict, kind: str) -> tuple[int, int]:
+    """(GPUs per node, nodes) of one training job of ``kind``: pretraining's own (pretrain.gpus, which defaults to
+    cluster.gpus_per_job, and pretrain.nodes), or cluster.gpus_per_job on one node."""
+    gpus = config["cluster"]["gpus_per_job"]
+    if kind != "pretrain":
+        return gpus, 1
+    return config["pretrain"].get("gpus", gpus), config["pretrain"]["nodes"]
+
+
 def trainer_processes(config: dict, kind: str) -> tuple[int, int]:
     """(processes per node, nodes) of one training job of ``kind``: one process per GPU, or one on CPU."""
-    gpus = config.get("cluster", {}).get("gpus_per_job", 0)
-    if kind != "pretrain":
-        return max(1, gpus), 1
-    pretrain = config.get("pretrain", {})
-    return max(1, pretrain.get("gpus", gpus)), pretrain.get("nodes", 1)
+    gpus, nodes = training_gpus(config, kind)
+    return max(1, gpus), nodes
 
 
 def _check_batches(config: dict, kind: str) -> None:

@@ -27,7 +27,9 @@ from typing import Iterable, Iterator
 
 import datasets
 import numpy as np
+from jsonschema import Draft202012Validator
 
+from .config import SCHEMA, check_mixture_weights, load_schema
 from .io import sha256_file, sha256_text, write_json
 from .tokenizer import load_tokenizer, take_chars
 from .tokens import write_token_array
@@ -40,12 +42,8 @@ PACKAGE_INDEXES = ("pypi", "npm")
 FEATURES = datasets.Features(
     {"text": datasets.Value("string"), "source": datasets.Value("string"), "doc_id": datasets.Value("string")}
 )
-FILE_KEYS = {
-    "pypi": ({"index", "package", "version", "filename", "sha256", "include"}, {"exclude"}),
-    "npm": ({"index", "package", "version", "sha256", "include"}, {"exclude", "filename"}),
-    "local": ({"local"}, {"include", "exclude"}),
-    "huggingface": ({"huggingface"}, {"config", "split", "text_field", "revision", "data_files"}),
-}
+FILE_SPECS = {"pypi": "package_file", "npm": "package_file", "local": "local_file", "huggingface": "hf_file"}
+"""The $defs of the config schema that state each kind of file spec's keys (the only statement of them)."""
 CORPUS_KEYS = {"files", "description", "cleaner"}
 ZIP_SUFFIXES = (".whl", ".zip")
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
@@ -63,7 +61,7 @@ class CorpusError(ValueError):
 
 
 def file_kind(file_spec: dict) -> str:
-    """'pypi', 'npm', 'local' or 'huggingface', after checking the spec's keys."""
+    """'pypi', 'npm', 'local' or 'huggingface', after checking the spec against its definition in the schema."""
     if not isinstance(file_spec, dict):
         raise CorpusError(f"file spec {file_spec!r} must be a mapping")
     if "index" in file_spec:
@@ -76,16 +74,28 @@ def file_kind(file_spec: dict) -> str:
             raise CorpusError(f"file spec {file_spec!r} needs exactly one of 'index' (pypi or npm), "
                               f"'local' or 'huggingface'")
         kind = kinds[0]
-    required, optional = FILE_KEYS[kind]
-    missing, unknown = required - set(file_spec), set(file_spec) - required - optional
-    if missing or unknown:
-        raise CorpusError(f"{kind} file spec {file_spec!r}: missing keys {sorted(missing)}, unknown keys "
-                          f"{sorted(unknown)}; required {sorted(required)}, optional {sorted(optional)}")
-    for key in ("include", "exclude"):
-        patterns = file_spec.get(key, [])
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise CorpusError(f"{kind} file spec {file_spec!r}: {key} must be a list of glob strings")
+    _check_file_spec(kind, file_spec)
     return kind
+
+
+def _check_file_spec(kind: str, file_spec: dict) -> None:
+    """Hold a spec to the config schema's definition of its kind, so that a corpus built without a config (tests,
+    benchmarks) meets the rules the config check applies to a study's corpora."""
+    errors = list(_file_spec_validator(FILE_SPECS[kind]).iter_errors(file_spec))
+    missing = sorted({key for error in errors if error.validator == "required" for key in error.validator_value
+                      if key not in file_spec})
+    unknown = sorted({key for error in errors if error.validator == "additionalProperties" for key in file_spec
+                      if key not in error.schema["properties"]})
+    if missing or unknown:
+        raise CorpusError(f"{kind} file spec {file_spec!r}: missing keys {missing}, unknown keys {unknown}")
+    if errors:
+        key = ".".join(map(str, errors[0].absolute_path))
+        raise CorpusError(f"{kind} file spec {file_spec!r}: {key}: {errors[0].message}")
+
+
+@lru_cache(maxsize=None)
+def _file_spec_validator(definition: str) -> Draft202012Validator:
+    return Draft202012Validator({"$defs": load_schema(SCHEMA)["$defs"], "$ref": f"#/$defs/{definition}"})
 
 
 def describe_file(file_spec: dict) -> str:
@@ -526,13 +536,10 @@ def build_documents(name: str, spec: dict, splits: dict, out_dir: Path, meta_pat
 
 
 def _validate_weights(name: str, weights: dict, component_dirs: dict) -> None:
-    if not isinstance(weights, dict) or not weights:
-        raise CorpusError(f"mixture {name!r}: weights must map component corpora to fractions")
-    bad = {c: w for c, w in weights.items() if not isinstance(w, (int, float)) or not 0 < w <= 1}
-    if bad:
-        raise CorpusError(f"mixture {name!r}: weights {bad} must be fractions in (0, 1]")
-    if abs(sum(weights.values()) - 1) > 1e-6:
-        raise CorpusError(f"mixture {name!r}: weights {weights} sum to {sum(weights.values()):.6g}, not 1")
+    try:
+        check_mixture_weights(weights)
+    except ValueError as error:
+        raise CorpusError(f"mixture {name!r}: {error}") from None
     if set(weights) != set(component_dirs):
         raise CorpusError(f"mixture {name!r}: weights name {sorted(weights)} but documents were given for "
                           f"{sorted(component_dirs)}")

@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .config import check_heads
 from .io import atomic_path
 
 EMBEDDING_PREFIXES = ("tok_emb.", "pos_emb.")
@@ -39,11 +40,7 @@ class GPTConfig:
         for name, value in asdict(self).items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_head:
-            raise ValueError(
-                f"GPTConfig: d_model={self.d_model} is not divisible by n_head={self.n_head}; "
-                "choose n_head among the divisors of d_model"
-            )
+        check_heads(self.d_model, self.n_head)
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -125,7 +122,8 @@ class GPT(nn.Module):
 
 
 def n_params(model: GPT) -> int:
-    """Non-embedding parameters (N in the paper): 12 L d^2 + 13 L d + 2 d for this architecture."""
+    """Non-embedding parameters (N in the paper), counted on the model: config.non_embedding_params gives the same N
+    from a shape alone, for the config check and the cluster cost model (tests/test_model.py holds them equal)."""
     return sum(p.numel() for name, p in model.named_parameters() if not name.startswith(EMBEDDING_PREFIXES))
 
 

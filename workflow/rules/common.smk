@@ -8,6 +8,7 @@ import functools
 import re
 
 import transfer_scaling
+from transfer_scaling import resources as job_resources
 from transfer_scaling.config import check_target_size, model_shapes, run_options, snapshot_tokens
 from transfer_scaling.io import SIDECAR_SUFFIX, read_json
 
@@ -190,120 +191,30 @@ def final_outputs():
 
 
 # ---- cluster resources
-# What each job asks of a cluster (profiles/slurm turns it into sbatch options). GPUs and nodes come from
-# the config, memory and wall time from the model shape and the run's token budget, both growing with each
-# retry. Platform settings (partition, account, GPU model) live in the profiles only. A CPU-only study
-# (cluster.gpus_per_job 0, the default) asks for no GPU, and local runs use nothing here but threads.
-
-import math
-
-from transfer_scaling.config import step_budget
-from transfer_scaling.tokenizer import BYTE_VOCAB_SIZE
-
-CLUSTER = config.get("cluster", {})
-GPUS_PER_JOB = CLUSTER.get("gpus_per_job", 0)
-GPU_TFLOPS = CLUSTER.get("gpu_tflops", 50)
-MAX_RUNTIME = CLUSTER.get("max_runtime", 1440)
-PRETRAIN_GPUS = config.get("pretrain", {}).get("gpus", GPUS_PER_JOB)
-PRETRAIN_NODES = config.get("pretrain", {}).get("nodes", 1)
-
-# Measured 6e10 FLOP/s per core for d_model 128 (notes/deepspeed-cpu.md); smaller models reach less.
-CPU_FLOPS_PER_THREAD = 1e10
-PROCESS_MB = 1200  # one Python process with torch and DeepSpeed imported
-BYTES_PER_PARAM = 16  # fp32 weights, gradients and two AdamW moments
-STARTUP_MINUTES = 5
-RUNTIME_SAFETY = 2
-# Runs estimated under this many minutes share SLURM jobs (each SLURM job costs 10-13 s of overhead).
-SMALL_RUN_MINUTES = 5
-SMALL_JOBS = "small_jobs"
+# What each job asks of a cluster, computed by transfer_scaling.resources from the config; these wrappers only pick
+# the model shape and the training data out of a job's wildcards.
 
 
-def vocab_size():
-    tokenizer = config.get("tokenizer", {})
-    return tokenizer["vocab_size"] if tokenizer.get("kind") == "bpe" else BYTE_VOCAB_SIZE
-
-
-def total_params(size):
-    """All parameters (N = 12 L d^2 + 13 L d + 2 d, plus the embeddings): what memory and compute scale with."""
-    shape = model_shape(size)
-    layers, width = shape["n_layer"], shape["d_model"]
-    return 12 * layers * width**2 + 13 * layers * width + 2 * width + (vocab_size() + shape["n_ctx"]) * width
-
-
-def training_gpus(kind):
-    """GPUs per node of one training job."""
-    return PRETRAIN_GPUS if kind == "pretrain" else GPUS_PER_JOB
-
-
-def training_nodes(kind):
-    return PRETRAIN_NODES if kind == "pretrain" else 1
-
-
-def training_processes(kind):
-    """Trainer processes per node: one per GPU, one on CPU."""
-    return max(1, training_gpus(kind))
-
-
-def run_flops(kind, wildcards):
-    """Training compute (6 * params * tokens) plus the periodic validation passes, at the run's step cap."""
-    options = run_options(config, kind)
-    if kind == "pretrain":
-        steps = options["max_steps"]
-    else:  # data-limited: characters stand in for tokens (about equal for byte tokens)
-        steps = step_budget(options, int(wildcards.chars), config["context"])
-    params = total_params(wildcards.size)
-    evaluations = steps // options["eval_interval"] + 1
-    training = 6 * params * steps * options["batch_size"] * config["context"]
-    return training + 2 * params * options["eval_tokens"] * evaluations
-
-
-def compute_minutes(kind, wildcards):
-    gpus = training_gpus(kind) * training_nodes(kind)
-    rate = gpus * GPU_TFLOPS * 1e12 if gpus else CPU_FLOPS_PER_THREAD * config["training"]["threads"]
-    return run_flops(kind, wildcards) / rate / 60
-
-
-def cpu_activation_mb(kind, size):
-    """Activations of one micro-batch kept for the backward pass (float32, attention scores included)."""
-    shape = model_shape(size)
-    micro_batch = run_options(config, kind)["batch_size"] // (training_processes(kind) * training_nodes(kind))
-    per_token = shape["n_layer"] * (16 * shape["d_model"] + 2 * shape["n_head"] * shape["n_ctx"]) + 2 * vocab_size()
-    return 4 * micro_batch * shape["n_ctx"] * per_token / 2**20
-
-
-def training_mb(kind, size):
-    """Host memory per node. On GPUs activations live in GPU memory, which SLURM does not count."""
-    activations = 0 if training_gpus(kind) else cpu_activation_mb(kind, size)
-    return training_processes(kind) * (PROCESS_MB + BYTES_PER_PARAM * total_params(size) / 2**20 + activations)
+def _train_chars(wildcards):
+    """Characters of a data-limited run's subset; None for pretraining, which runs its token budget."""
+    return int(wildcards.chars) if hasattr(wildcards, "chars") else None
 
 
 def training_resources(kind):
-    """Requests of one kind of training job: GPUs and nodes from the config, memory and time from the run."""
-    gpus, nodes = training_gpus(kind), training_nodes(kind)
+    """Requests of one kind of training job: memory and time per job and attempt, GPUs and nodes per kind."""
 
     def mem_mb(wildcards, attempt):
-        return math.ceil(training_mb(kind, wildcards.size) * attempt)
+        return job_resources.training_mem_mb(config, kind, MODELS[wildcards.size], attempt)
 
     def runtime(wildcards, attempt):
-        minutes = STARTUP_MINUTES + RUNTIME_SAFETY * compute_minutes(kind, wildcards)
-        return min(MAX_RUNTIME, math.ceil(minutes * attempt))
+        return job_resources.training_runtime(config, kind, MODELS[wildcards.size], _train_chars(wildcards), attempt)
 
-    resources = {"mem_mb": mem_mb, "runtime": runtime, "gpu": gpus * nodes}
-    if nodes > 1:
-        # With `mpi`, the SLURM executor runs the job's Snakemake in the batch script rather than in a one-node
-        # job step, so that transfer_scaling.launch can start one step across all nodes. The executor wants
-        # more than one task per node for such jobs; the launcher uses one per node.
-        resources.update(nodes=nodes, mpi="srun", tasks_per_node=max(2, gpus))
-    return resources
+    return {"mem_mb": mem_mb, "runtime": runtime, **job_resources.training_placement(config, kind)}
 
 
 def training_group(kind):
-    """Short CPU runs share SLURM jobs with each other and with evaluations; GPU runs keep their own job."""
-
     def group(wildcards):
-        if training_gpus(kind) == 0 and compute_minutes(kind, wildcards) <= SMALL_RUN_MINUTES:
-            return SMALL_JOBS
-        return None
+        return job_resources.training_group(config, kind, MODELS[wildcards.size], _train_chars(wildcards))
 
     return group
 
@@ -314,22 +225,15 @@ def evaluated_size(run):
     return parts[1] if parts[0] == "scratch" else parts[2]
 
 
-def evaluation_mem_mb(wildcards, attempt):
-    """Float32 weights, plus on CPU the logits of one batch (with their log-softmax)."""
-    params_mb = 4 * total_params(evaluated_size(wildcards.run)) / 2**20
-    logits = 8 * config["evaluation"]["batch_size"] * config["context"] * vocab_size()
-    logits_mb = 0 if GPUS_PER_JOB else logits / 2**20
-    return math.ceil((PROCESS_MB + params_mb + logits_mb) * attempt)
-
-
-def evaluation_runtime(wildcards, attempt):
-    return min(MAX_RUNTIME, 20 * attempt)
-
-
 def evaluation_resources():
-    """An evaluation runs on one GPU when the study has GPUs (its forward passes scale like training's)."""
-    return {"mem_mb": evaluation_mem_mb, "runtime": evaluation_runtime, "gpu": min(1, GPUS_PER_JOB)}
+    def mem_mb(wildcards, attempt):
+        return job_resources.evaluation_mem_mb(config, MODELS[evaluated_size(wildcards.run)], attempt)
+
+    def runtime(wildcards, attempt):
+        return job_resources.evaluation_runtime(config, attempt)
+
+    return {"mem_mb": mem_mb, "runtime": runtime, "gpu": job_resources.evaluation_gpus(config)}
 
 
 def evaluation_group():
-    return SMALL_JOBS if GPUS_PER_JOB == 0 else None
+    return job_resources.evaluation_group(config)
