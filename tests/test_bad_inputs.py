@@ -137,7 +137,7 @@ def resume_from(inputs: Inputs, tmp: Path, spoil: Callable[[Path], None]) -> Cal
 
 
 def checkpoint_tag(checkpoint: Path) -> Path:
-    return checkpoint / f"step{CHECKPOINT_STEP:08d}"
+    return checkpoint / read_json(checkpoint / "complete.json")["tag"]
 
 
 # ------------------------------------------------------------------ the cases

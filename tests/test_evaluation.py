@@ -37,8 +37,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     spec = {
         "kind": "scratch", "model": MODEL, "train_tokens": str(root / "train.bin"),
         "val_tokens": str(root / "val.bin"), "init_from": None, "seed": 0, "batch_size": 8, "threads": 1,
-        "lr": 3e-3, "min_lr_ratio": 0.1, "warmup_steps": 5, "weight_decay": 0.1, "grad_clip": 1.0,
-        "betas": [0.9, 0.95], "max_steps": 60, "min_steps": 0, "eval_interval": 20, "eval_tokens": 512,
+        "lr": 3e-3, "min_lr_ratio": 0.1, "warmup_steps": 5, "cooldown_fraction": 0.2, "weight_decay": 0.1,
+        "grad_clip": 1.0, "betas": [0.9, 0.95], "max_steps": 60, "min_steps": 0, "eval_interval": 20, "eval_tokens": 512,
         "patience": 3, "checkpoint_interval": 100, "log_interval": 20, "precision": "fp32", "zero_stage": 0,
     }
     train(spec, root / "trained")

@@ -117,16 +117,16 @@ def test_two_gloo_processes_stop_on_sigterm_resume_and_match_one_process(data, t
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == INTERRUPTED_EXIT_CODE, output
-    stopped_at = read_json(tmp_path / "two/checkpoint/complete.json")["step"]
-    assert 0 < stopped_at < spec["max_steps"], output
+    stopped = read_json(tmp_path / "two/checkpoint/complete.json")
+    assert 0 < stopped["step"] < spec["max_steps"], output
 
     process = start_launcher(spec, tmp_path / "two", nproc=2)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
-    assert f"resumed from checkpoint step{stopped_at:08d}" in output
+    assert f"resumed from checkpoint {stopped['tag']} at step {stopped['step']}" in output
     assert "parameters identical on all 2 ranks" in output
     double = read_json(tmp_path / "two/summary.json")
-    assert double["steps"] == single["steps"] == spec["max_steps"]
+    assert double["steps"] == single["steps"] == spec["max_steps"] + single["cooldown_steps"]
     assert double["best_val_loss"] == pytest.approx(single["best_val_loss"], abs=1e-5)
     one, two = ([m["train_loss"] for m in read_metrics(tmp_path / run) if m["event"] == "train"]
                 for run in ("one", "two"))
@@ -139,7 +139,8 @@ def test_one_process_trains_in_the_launcher(data, tmp_path) -> None:  # noqa: F8
     process = start_launcher(spec, tmp_path / "run", nproc=1)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output
-    assert read_json(tmp_path / "run/summary.json")["steps"] == 10
+    summary = read_json(tmp_path / "run/summary.json")
+    assert summary["steps"] == 10 + summary["cooldown_steps"]
 
 
 def test_one_process_outside_slurm_trains_in_this_process_without_torchrun(monkeypatch, tmp_path) -> None:

@@ -1,4 +1,5 @@
 import argparse
+import contextlib
 import itertools
 import json
 import logging
@@ -342,3 +343,43 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(data, tmp_path) 
                 for run in ("one", "two"))
     assert len(one) == len(two) == 2  # the stable phase's 20 steps, then the cooldown's
     assert two == pytest.approx(one, abs=1e-5)
+
+
+def gloo_threads() -> set[str]:
+    """Ids of this process's gloo threads, by the names torch gives them (Linux, as on the clusters)."""
+    tasks = Path("/proc/self/task").iterdir()
+    return {task.name for task in tasks if (task / "comm").read_text().strip() in ("pt_gloo_runloop", "gloo_tcp_loop")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_after_steps", [None, 10])
+def test_train_joins_the_gloo_threads_it_started(data, tmp_path, stop_after_steps: int | None) -> None:
+    """A gloo worker still releasing a finished collective when the interpreter exits is ended inside a noexcept
+    destructor: 'terminate called without an active exception', SIGABRT, and a finished run exits 134."""
+    before = gloo_threads()
+    spec = make_spec(data, max_steps=20, stop_after_steps=stop_after_steps)
+    with pytest.raises(TrainingInterrupted) if stop_after_steps else contextlib.nullcontext():
+        train(spec, tmp_path / "run")
+    assert not gloo_threads() - before
+
+
+@pytest.mark.slow
+def test_deepspeed_op_probe_prints_no_linker_error(data, tmp_path) -> None:
+    """DeepSpeed's op table probes async_io by linking a test program against libaio. It silences sys.stderr's
+    descriptor, a job log in the pipeline (log_to_file), so without libaio the linker's error reached the
+    terminal from every training job."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(make_spec(data, max_steps=2, eval_interval=2)))
+    script = textwrap.dedent(f"""
+        import sys
+        from transfer_scaling.io import read_json
+        from transfer_scaling.logs import log_to_file
+        from transfer_scaling.training import import_deepspeed, train_to_exit_code
+        log_to_file({str(tmp_path / "job.log")!r})
+        import_deepspeed()
+        sys.exit(train_to_exit_code(read_json({str(spec)!r}), {str(tmp_path / "run")!r}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (tmp_path / "job.log").read_text()
+    assert "cannot find -laio" not in result.stderr and "collect2" not in result.stderr, result.stderr

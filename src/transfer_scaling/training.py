@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .config import TRAINING_KINDS, min_steps_beyond_cap
 from .io import (IntegrityError, atomic_open, atomic_path, check_directory_manifest, check_sha256_sidecar,
                  directory_manifest, explain_full_disk, read_json, sidecar_path, write_json,
                  write_sha256_sidecar)
@@ -42,7 +44,6 @@ from .tokens import load_token_array
 
 logger = logging.getLogger("transfer_scaling.training")
 
-KINDS = ("pretrain", "finetune", "scratch")
 PRECISIONS = ("fp32", "bf16")
 ZERO_STAGES = (0, 1, 2, 3)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -152,7 +153,7 @@ def _step_list(key: str, value: Any) -> tuple[int, ...]:
 
 
 SPEC_CHECKS: dict[str, Check] = {
-    "kind": _choice(KINDS),
+    "kind": _choice(TRAINING_KINDS),
     "model": _model,
     "train_tokens": _path(),
     "val_tokens": _path(),
@@ -224,7 +225,7 @@ def parse_spec(spec: dict) -> TrainSpec:
         raise SpecError(f"training spec: missing keys {missing}, unknown keys {unknown}")
     values = {key: check(key, spec.get(key, OPTIONAL_KEYS.get(key))) for key, check in SPEC_CHECKS.items()}
     run = TrainSpec(**values)
-    if run.min_steps > run.max_steps:
+    if min_steps_beyond_cap(values):
         raise SpecError(f"spec key 'min_steps' ({run.min_steps}) exceeds 'max_steps' ({run.max_steps})")
     if run.snapshot_steps and run.snapshot_steps[-1] > run.max_steps:
         raise SpecError(f"spec key 'snapshot_steps': step {run.snapshot_steps[-1]} is beyond max_steps "
@@ -309,7 +310,13 @@ def check_precision(deepspeed: ModuleType, precision: str) -> None:
 
 
 def import_deepspeed() -> ModuleType:
-    """Import DeepSpeed for this process: CPU accelerator without a GPU, and no JIT-compiled shm op."""
+    """Import DeepSpeed for this process: CPU accelerator without a GPU, and no JIT-compiled shm op.
+
+    The first use of DeepSpeed's op table probes every op; async_io's probe links a test program against libaio
+    and silences sys.stderr's descriptor, not the linker's, so with sys.stderr a job log (log_to_file) a missing
+    libaio printed a linker error on the terminal. No op here does async I/O (NVMe offload), so the table
+    entry is set unprobed; building the op for real still runs, and reports, its own check.
+    """
     check_cuda_request()
     cpu = not torch.cuda.is_available()
     if cpu:
@@ -317,16 +324,20 @@ def import_deepspeed() -> ModuleType:
     import deepspeed
 
     if cpu:
+        from deepspeed.ops.op_builder.all_ops import ALL_OPS
+
+        ALL_OPS["async_io"].is_compatible = lambda verbose=False: False
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     return deepspeed
 
 
-def single_process_env() -> None:
+def single_process_env() -> Path | None:
     """Let ``deepspeed.initialize`` run without a launcher (torchrun and deepspeed set these).
 
     A lone process joins a one-member process group through a private file store: a TCP port picked here
     could be taken by a concurrent job before the store binds it (EADDRINUSE under parallel workflows).
-    DeepSpeed reuses an initialised group and only checks that the launcher variables exist.
+    DeepSpeed reuses an initialised group and only checks that the launcher variables exist. Returns the
+    store's directory when this process made one, to be removed with the group.
     """
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
@@ -335,9 +346,14 @@ def single_process_env() -> None:
             sock.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
     if os.environ["WORLD_SIZE"] == "1" and not dist.is_initialized():
-        store = Path(tempfile.mkdtemp(prefix="transfer-scaling-dist-")) / "store"
+        # Bind its functions' default group=group.WORLD while there is none: imported later (the first
+        # optimizer imports it), they would hold this group to the end of the process.
+        import torch.distributed.nn  # noqa: F401
+        store_dir = Path(tempfile.mkdtemp(prefix="transfer-scaling-dist-"))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
+        dist.init_process_group(backend, init_method=f"file://{store_dir / 'store'}", rank=0, world_size=1)
+        return store_dir
+    return None
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, betas: tuple[float, float],
@@ -499,7 +515,7 @@ class Trainer:
         self.metrics_path = out_dir / "metrics.jsonl"
         self.deepspeed = import_deepspeed()
         check_precision(self.deepspeed, run.precision)
-        single_process_env()
+        self.store_dir = single_process_env()
         self.world_size = int(os.environ["WORLD_SIZE"])
         self.rank = int(os.environ["RANK"])
         if run.batch_size % self.world_size:
@@ -923,6 +939,22 @@ def train(spec: dict, out_dir: Path) -> dict:
         return trainer.fit()
     finally:
         trainer.engine.destroy()
+        del trainer.engine  # an exception from fit keeps the trainer alive in its frames, not the engine
+        end_process_groups(trainer.deepspeed)
+        if trainer.store_dir is not None:
+            shutil.rmtree(trainer.store_dir, ignore_errors=True)
+
+
+def end_process_groups(deepspeed: ModuleType) -> None:
+    """Destroy every process group now, which joins gloo's worker threads while the interpreter is whole.
+
+    A worker drops a collective (and its tensors) only after the ranks' wait for it has returned. If the
+    interpreter is finalising by then, taking the GIL ends that thread inside a noexcept destructor and the
+    rank aborts ('terminate called without an active exception', exit 134 for a finished run). DeepSpeed's
+    data-parallel group outlives the destroy call inside the engine's reference cycles, hence the collection.
+    """
+    deepspeed.comm.destroy_process_group()
+    gc.collect()
 
 
 def train_to_exit_code(spec: dict, out_dir: Path) -> int:
