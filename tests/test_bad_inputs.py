@@ -28,13 +28,14 @@ import torch
 from test_corpora import SPLITS, random_docs, write_files
 from test_training import make_spec, write_bytes_tokens
 from transfer_scaling import corpora
+from transfer_scaling.checkpoints import CheckpointError
 from transfer_scaling.corpora import CorpusError
 from transfer_scaling.evaluation import evaluate
 from transfer_scaling.io import IntegrityError, directory_manifest, read_json, write_json
 from transfer_scaling.model import WeightsMismatchError
 from transfer_scaling.tokenizer import train_tokenizer
 from transfer_scaling.tokens import TokenFileError, write_token_array
-from transfer_scaling.training import CheckpointError, TrainingInterrupted, train
+from transfer_scaling.training import TrainingInterrupted, train
 
 CHECKPOINT_STEP = 4
 MODEL_STATES = "mp_rank_00_model_states.pt"

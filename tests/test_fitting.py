@@ -9,9 +9,10 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.optimize import least_squares
+from scipy.interpolate import PchipInterpolator
+from scipy.optimize import brentq, least_squares
 
-from transfer_scaling import fitting
+from transfer_scaling import bootstrap, derived, fitting, scratch, transferlaw
 from transfer_scaling.fitting import FitError, advise, fit_file, fit_runs
 
 TRUE_LAW = {"k": 275.0, "alpha": 0.18, "beta": 0.38}
@@ -40,7 +41,7 @@ def synthetic_runs(seed: int = 0, noise: float = 0.005, finetune_seeds: int = 2,
                 rows.append({"kind": "scratch", "source": "", "n_params": n_params, "data_chars": d_chars,
                              "seed": seed_index, "test_loss": loss, "compute": 6 * n_params * d_chars})
         for d_f in D_F_VALUES:
-            d_effective = d_f + fitting.transferred_data(**TRUE_LAW, n_params=n_params, d_f_chars=d_f)
+            d_effective = d_f + transferlaw.transferred_data(**TRUE_LAW, n_params=n_params, d_f_chars=d_f)
             for seed_index in range(finetune_seeds):
                 loss = true_loss(n_params, d_effective) * (1 + noise * rng.standard_normal())
                 rows.append({"kind": "finetune", "source": "text", "n_params": n_params, "data_chars": d_f,
@@ -66,8 +67,8 @@ def point_status(fit: dict, d_f_chars: float) -> dict:
 
 def test_check_values_of_section_6_2():
     """Table 1's laws at N = 1.75e11, D_F = 1: D_T ~ 3.7e8 (text) and ~ 4.1e9 (text + code)."""
-    text = fitting.transferred_data(1.9e4, 0.18, 0.38, 1.75e11, 1.0)
-    mixed = fitting.transferred_data(2.1e5, 0.096, 0.38, 1.75e11, 1.0)
+    text = transferlaw.transferred_data(1.9e4, 0.18, 0.38, 1.75e11, 1.0)
+    mixed = transferlaw.transferred_data(2.1e5, 0.096, 0.38, 1.75e11, 1.0)
     assert text == pytest.approx(3.7e8, rel=0.06)
     assert mixed == pytest.approx(4.1e9, rel=0.06)
     assert 300**0.18 == pytest.approx(2.8, abs=0.05) and 300**0.096 == pytest.approx(1.7, abs=0.05)
@@ -116,16 +117,45 @@ def test_bootstrap_resamples_scratch_seeds_as_runs():
             assert width[1] > 1.5 * width[0], (method, name, width)
 
 
-def test_resampled_scratch_curves_reproduce_the_point_estimate():
-    """The vectorised scratch curves of the bootstrap, given every run once, give the point estimate's D_E,
-    slope and low-data limit; on subsets of D they agree with ScratchCurve and fit_scratch_law."""
+def scipy_effective_data(d_chars: np.ndarray, test_loss: np.ndarray, loss: float) -> tuple[str, float, float]:
+    """The reference for ``ScratchCurves.effective_data``: (range status, D_E, secant slope) from scipy's
+    PchipInterpolator through the monotone envelope, inverted by brentq."""
+    envelope = np.minimum.accumulate(test_loss)
+    keep = np.r_[True, envelope[1:] < envelope[:-1]]
+    log_d, envelope = np.log(d_chars[keep]), envelope[keep]
+    if loss < envelope[-1] or loss > envelope[0]:
+        return ("censored" if loss < envelope[-1] else "below_range"), math.nan, math.nan
+    if envelope.size == 1:
+        return "ok", d_chars[0], 0.0
+    segment = int(np.clip(np.searchsorted(-envelope, -loss) - 1, 0, envelope.size - 2))
+    pchip = PchipInterpolator(log_d, envelope)
+    root = brentq(lambda x: float(pchip(x)) - loss, log_d[segment], log_d[segment + 1], xtol=1e-14)
+    return "ok", math.exp(root), (envelope[segment] - envelope[segment + 1]) / (log_d[segment + 1] - log_d[segment])
+
+
+def scipy_low_data_limit(d_chars: np.ndarray, test_loss: np.ndarray) -> float:
+    """The reference for ``ScratchCurves.low_data_limit`` (tolerance 0.01, fraction 0.1): L_N fitted by scipy's
+    least_squares from the same starts within the same bounds, its D(N) capped at the largest D."""
+    log_d, lowest = np.log(d_chars), test_loss.min()
+    lower, upper = [0.0, -scratch.LN_A_BOUND, scratch.MIN_EXPONENT], [lowest, scratch.LN_A_BOUND, scratch.MAX_EXPONENT]
+    fits = [least_squares(lambda t: np.log(t[0] + np.exp(t[1] - t[2] * log_d)) - np.log(test_loss),
+                          np.clip([share * lowest, math.log(test_loss[0] - share * lowest) + exponent * log_d[0],
+                                   exponent], lower, upper), bounds=(lower, upper))
+            for exponent, share in scratch.SCRATCH_LAW_STARTS]
+    l_inf, ln_a, exponent = min(fits, key=lambda fit: fit.cost).x
+    return 0.1 * min((math.exp(ln_a) / (0.01 * l_inf)) ** (1 / exponent), d_chars[-1])
+
+
+def test_scratch_curves_reproduce_the_point_estimate_and_scipy():
+    """The scratch curves, given every run once, give the point estimate's D_E, slope and low-data limit; on subsets
+    of D they agree with scipy's PCHIP inverted by brentq and with scipy's least-squares fit of L_N."""
     runs = synthetic_runs(scratch_noise=0.005)
     fit = fit_runs(runs, n_bootstrap=0, joint_law=False)
     points = pd.DataFrame(fit["points"])
     for n_params in N_VALUES:
-        scratch = runs[(runs["kind"] == "scratch") & (runs["n_params"] == n_params)].sort_values("data_chars")
-        curves = fitting.ScratchResamples(scratch["data_chars"].to_numpy(), scratch["test_loss"].to_numpy()[None],
-                                          0.01, 0.1)
+        own = runs[(runs["kind"] == "scratch") & (runs["n_params"] == n_params)].sort_values("data_chars")
+        curves = scratch.ScratchCurves(n_params, own["data_chars"].to_numpy(), own["test_loss"].to_numpy()[None],
+                                       0.01, 0.1)
         assert curves.low_data_limit[0] == pytest.approx(fit["scratch"][fitting.n_key(n_params)]["low_data_limit"],
                                                          rel=1e-4)
         mine = points[points["n_params"] == n_params]
@@ -139,16 +169,15 @@ def test_resampled_scratch_curves_reproduce_the_point_estimate():
         test_loss = true_loss(1e6, d_chars) * (1 + 0.01 * rng.standard_normal(10))
         drawn = rng.random(10) < 0.6
         drawn[rng.choice(10, 3, replace=False)] = True
-        curves = fitting.ScratchResamples(d_chars, np.where(drawn, test_loss, np.nan)[None], 0.01, 0.1)
-        curve = fitting.ScratchCurve(1e6, d_chars[drawn], test_loss[drawn])
+        curves = scratch.ScratchCurves(1e6, d_chars[drawn], test_loss[drawn][None], 0.01, 0.1)
         for loss in rng.uniform(test_loss.min() - 0.05, test_loss.max() + 0.05, 10):
             d_effective, slope, status = (value[0, 0] for value in curves.effective_data(np.array([[loss]])))
-            expected = curve.effective_data(loss)
-            assert status == expected[2]
+            expected = scipy_effective_data(d_chars[drawn], test_loss[drawn], loss)
+            assert status == expected[0]
             if status == "ok":
-                assert d_effective == pytest.approx(expected[0], rel=1e-9) and slope == pytest.approx(expected[1])
-        summary = fitting.scratch_summary(curve, 0.01, 0.1)
-        assert curves.low_data_limit[0] == pytest.approx(summary["low_data_limit"], rel=1e-3)
+                assert d_effective == pytest.approx(expected[1], rel=1e-9) and slope == pytest.approx(expected[2])
+        assert curves.low_data_limit[0] == pytest.approx(scipy_low_data_limit(d_chars[drawn], test_loss[drawn]),
+                                                         rel=1e-3)
 
 
 def test_bootstrap_keeps_every_scratch_point():
@@ -168,9 +197,9 @@ def test_redrawn_points_spread_like_a_new_mean_of_as_many_seeds():
     mean of three new seeds (three of three alone would shrink the variance by 2/3); a one-seed point is its
     centre times e^d."""
     seeds = np.array([1.0, 1.03, 0.98])
-    pool = fitting.seed_deviations(np.array([0, 0, 0, 1]), np.r_[seeds, 2.0])
+    pool = bootstrap.seed_deviations(np.array([0, 0, 0, 1]), np.r_[seeds, 2.0])
     assert pool.size == 3 and pool.std() == pytest.approx(np.log(seeds).std(ddof=1))
-    losses = fitting.redraw_cells(np.random.default_rng(0), np.array([1.0, 3.0]), np.array([3, 1]), pool, 20000)
+    losses = bootstrap.redraw_cells(np.random.default_rng(0), np.array([1.0, 3.0]), np.array([3, 1]), pool, 20000)
     assert losses[:, 0].std() == pytest.approx(np.log(seeds).std(ddof=1) / math.sqrt(3), rel=0.05)
     assert set(np.round(losses[:, 1], 9)) == set(np.round(3.0 * np.exp(pool), 9))
 
@@ -218,7 +247,7 @@ def test_low_data_limit_from_scratch_fit():
 
 
 def test_scratch_fit_falls_back_to_largest_d_and_says_so():
-    summary = fitting.scratch_summary(fitting.ScratchCurve(1e6, np.array([1e4, 1e5]), np.array([3.0, 2.5])), 0.01, 0.1)
+    summary = scratch.ScratchCurves(1e6, np.array([1e4, 1e5]), np.array([3.0, 2.5]), 0.01, 0.1).summary()
     assert summary["d_converged"] == 1e5
     assert "L_N fit failed" in summary["d_converged_source"]
 
@@ -267,7 +296,7 @@ def test_huber_irls_matches_scipy_least_squares():
     rng = np.random.default_rng(1)
     design = np.column_stack([np.ones(40), rng.normal(size=40), rng.normal(size=40)])
     target = design @ np.array([1.0, 0.2, -0.4]) + 0.05 * rng.standard_t(2, size=40)
-    ours = fitting.huber_regression(design, target, np.ones((1, 40)), delta=0.05)[0]
+    ours = transferlaw.huber_regression(design, target, np.ones((1, 40)), delta=0.05)[0]
     reference = least_squares(lambda c: design @ c - target, np.zeros(3), loss="huber", f_scale=0.05,
                               xtol=1e-14, ftol=1e-14, gtol=1e-14).x
     np.testing.assert_allclose(ours, reference, atol=1e-7)
@@ -277,9 +306,9 @@ def test_huber_irls_matches_scipy_least_squares():
 def test_data_worth_of_10x_model_solves_equal_effective_data(n_params, d_f):
     """Also at huge sizes (1e9 parameters, 1e12 characters), where the root is sought in ln D."""
     k, alpha, beta = 1.9e4, 0.18, 0.38
-    x = fitting.data_worth_of_10x_model(k, alpha, beta, n_params, d_f)
-    larger_model = d_f + fitting.transferred_data(k, alpha, beta, 10 * n_params, d_f)
-    more_data = x * d_f + fitting.transferred_data(k, alpha, beta, n_params, x * d_f)
+    x = derived.data_worth_of_10x_model(k, alpha, beta, n_params, d_f)
+    larger_model = d_f + transferlaw.transferred_data(k, alpha, beta, 10 * n_params, d_f)
+    more_data = x * d_f + transferlaw.transferred_data(k, alpha, beta, n_params, x * d_f)
     assert more_data == pytest.approx(larger_model, rel=1e-9)
     assert 1 < x < 10 ** (beta / alpha)
 
@@ -350,14 +379,14 @@ def test_negative_alpha_is_not_defined_and_the_fit_goes_on():
 
 
 @pytest.mark.parametrize(("quantity", "args", "reason"), [
-    (fitting.data_worth_of_10x_model_equal_d_transferred, (-0.1, 0.38), "not_defined: alpha = -0.1 <= 0"),
-    (fitting.data_worth_of_10x_model_equal_d_transferred, (0.0, 0.38), "not_defined: alpha = 0 <= 0"),
-    (fitting.data_worth_of_10x_model_equal_d_transferred, (1e-4, 0.38), "beyond floating point: alpha = 0.0001"),
-    (fitting.data_worth_of_10x_model, (275.0, -0.1, 0.38, 1e6, 1e4), "not_defined: alpha = -0.1 <= 0"),
+    (derived.data_worth_of_10x_model_equal_d_transferred, (-0.1, 0.38), "not_defined: alpha = -0.1 <= 0"),
+    (derived.data_worth_of_10x_model_equal_d_transferred, (0.0, 0.38), "not_defined: alpha = 0 <= 0"),
+    (derived.data_worth_of_10x_model_equal_d_transferred, (1e-4, 0.38), "beyond floating point: alpha = 0.0001"),
+    (derived.data_worth_of_10x_model, (275.0, -0.1, 0.38, 1e6, 1e4), "not_defined: alpha = -0.1 <= 0"),
 ])
 def test_trade_off_that_does_not_exist_is_not_defined(quantity, args, reason):
     """10^(beta/alpha) overflowed (OverflowError) for alpha near 0; neither trade-off exists for alpha <= 0."""
-    value = fitting.derived("x", quantity, *args)
+    value = derived.derived("x", quantity, *args)
     assert value["x"] is None and reason in value["x_status"]
 
 
@@ -434,10 +463,10 @@ def test_held_out_size_is_predicted_from_the_others():
     assert held["alpha"] == pytest.approx(TRUE_LAW["alpha"], abs=1e-3) and held["beta"] == pytest.approx(0.38, abs=1e-3)
     assert [point["d_f_chars"] for point in held["points"]] == list(D_F_VALUES)
     for point in held["points"]:
-        d_transferred = fitting.transferred_data(held["k"], held["alpha"], held["beta"], 1e7, point["d_f_chars"])
+        d_transferred = transferlaw.transferred_data(held["k"], held["alpha"], held["beta"], 1e7, point["d_f_chars"])
         assert point["predicted_d_transferred"] == pytest.approx(d_transferred)
         assert point["predicted_d_effective"] == pytest.approx(point["d_f_chars"] + d_transferred)
-        assert point["measured_loss"] == pytest.approx(true_loss(1e7, point["d_f_chars"] + fitting.transferred_data(
+        assert point["measured_loss"] == pytest.approx(true_loss(1e7, point["d_f_chars"] + transferlaw.transferred_data(
             **TRUE_LAW, n_params=1e7, d_f_chars=point["d_f_chars"])))
         assert point["error_percent"] == pytest.approx(
             100 * (point["predicted_loss"] - point["measured_loss"]) / point["measured_loss"])

@@ -14,8 +14,9 @@ import torch
 
 from conftest import ROOT, new_study, run_workflow
 from test_training import make_spec, write_bytes_tokens
+from transfer_scaling.checkpoints import CheckpointError
 from transfer_scaling.io import directory_manifest, read_json, write_json
-from transfer_scaling.training import CheckpointError, TrainingInterrupted, train
+from transfer_scaling.training import TrainingInterrupted, train
 
 PACKAGE = ROOT / "src" / "transfer_scaling"
 WORKFLOW_FILES = [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]

@@ -10,14 +10,15 @@ from safetensors.torch import load_file
 
 from test_training import data, make_spec  # noqa: F401  (the module-scoped token fixture)
 from transfer_scaling.config import ConfigError, snapshot_steps
-from transfer_scaling.training import SpecError, TrainingInterrupted, parse_spec, snapshot_path, train
+from transfer_scaling.layout import RunLayout
+from transfer_scaling.training import SpecError, TrainingInterrupted, parse_spec, train
 
 SNAPSHOTS = [3, 10, 30]
 
 
 def _snapshots(run_dir, spec):
     tokens_per_step = spec["batch_size"] * spec["model"]["n_ctx"]
-    return {step: snapshot_path(run_dir, step * tokens_per_step) for step in spec["snapshot_steps"]}
+    return {step: RunLayout(run_dir).snapshot(step * tokens_per_step) for step in spec["snapshot_steps"]}
 
 
 def test_geometric_snapshot_steps():

@@ -312,6 +312,18 @@ def run_cli(spec: dict, out: Path, launcher: list[str]) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def test_train_spec_takes_a_run_record_as_well_as_a_trainer_spec(data, tmp_path) -> None:
+    """``--spec`` points users at a run directory's spec.json, the run record: its trainer member is the spec."""
+    spec = make_spec(data, max_steps=6, eval_interval=3)
+    record = {"source": "text", "size": "s", "data_chars": 1, "trainer": spec}
+    process = run_cli(record, tmp_path / "from_record", [sys.executable])
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    train(spec, tmp_path / "from_spec")
+    assert ((tmp_path / "from_record/best.safetensors").read_bytes()
+            == (tmp_path / "from_spec/best.safetensors").read_bytes())
+
+
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_for_resume(data, tmp_path) -> None:
     process = run_cli(make_spec(data, max_steps=10**6, eval_interval=10**5), tmp_path / "run", [sys.executable])

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
-from .fitting import DEFAULT_SLOPE_TOLERANCE, FitError, advise, fit_file, load_fit, read_runs, to_jsonable
+from .fitting import FitError, FitOptions, advise, fit_file, load_fit, read_runs, to_jsonable
 from .io import write_json
 from .jointlaw import fit_scratch_runs, law_summary
 
@@ -33,7 +33,7 @@ def fail(message: str) -> NoReturn:
 def _fit(args: argparse.Namespace) -> None:
     result = fit_file(args.runs, args.out, tolerance=args.tolerance, low_data_fraction=args.low_data_fraction,
                       n_bootstrap=args.bootstrap, seed=args.seed, slope_tolerance=args.slope_tolerance,
-                      joint_law=not args.no_joint_law)
+                      joint_law=args.joint_law)
     summary = {}
     for source, blocks in result["sources"].items():
         summary[source] = {method: _law_summary(blocks[method]) for method in ("appendix_c", "huber")}
@@ -70,6 +70,10 @@ def _figures(args: argparse.Namespace) -> None:
         print(path)
 
 
+DEFAULTS = FitOptions()
+"""The fit's defaults, which ``FitOptions`` reads from the config schema."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="transfer-scaling", description="Measure the scaling laws for transfer.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -77,20 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     fit = commands.add_parser("fit", help="fit D_T = k D_F^alpha N^beta to a runs table")
     fit.add_argument("runs", help="runs table (CSV)")
     fit.add_argument("--out", required=True, help="directory for transfer_fit.json, points.csv, bootstrap.csv")
-    fit.add_argument("--tolerance", type=float, default=0.01, help="D(N): L_N(D) within this of L_inf (relative)")
-    fit.add_argument("--low-data-fraction", type=float, default=0.1, help="fit only D_F <= this * D(N)")
-    fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--slope-tolerance", type=float, default=DEFAULT_SLOPE_TOLERANCE,
+    fit.add_argument("--tolerance", type=float, default=DEFAULTS.tolerance,
+                     help="D(N): L_N(D) within this of L_inf (relative)")
+    fit.add_argument("--low-data-fraction", type=float, default=DEFAULTS.low_data_fraction,
+                     help="fit only D_F <= this * D(N)")
+    _add_bootstrap_options(fit)
+    fit.add_argument("--slope-tolerance", type=float, default=DEFAULTS.slope_tolerance,
                      help="flag D_E where the scratch curve is flatter than this (nats per e-fold of D)")
-    fit.add_argument("--no-joint-law", action="store_true", help="skip the joint L(N, D) diagnostic")
+    fit.add_argument("--joint-law", action=argparse.BooleanOptionalAction, default=DEFAULTS.joint_law,
+                     help="the joint L(N, D) diagnostic")
     fit.set_defaults(handler=_fit)
 
     joint = commands.add_parser("joint-law", help="fit L(N, D) = E + A/N^alpha + B/D^beta to the scratch runs alone")
     joint.add_argument("runs", help="runs table (CSV) with kind, n_params, data_chars, test_loss; kind 'scratch' rows")
     joint.add_argument("--out", required=True, help="directory for joint_law.json and joint_law.png/.svg")
-    joint.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
-    joint.add_argument("--seed", type=int, default=0)
+    _add_bootstrap_options(joint)
     joint.set_defaults(handler=_joint_law)
 
     advice = commands.add_parser("advise", help="what 10x more data buys against 10x more parameters")
@@ -107,10 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     figures.set_defaults(handler=_figures)
 
     train = commands.add_parser("train", help="one resumable training run from a spec JSON (as the workflow runs it)")
-    train.add_argument("--spec", required=True, help="training spec JSON (see spec.json in any run directory)")
+    train.add_argument("--spec", required=True, help="a run record (spec.json in any run directory) or a bare trainer spec (JSON)")
     train.add_argument("--out", required=True, help="run directory (resumes from its checkpoint if one is there)")
     train.set_defaults(handler=_train)
     return parser
+
+
+def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
+    """Resamples and seed of the intervals, for both the transfer fit and the joint law, at the fit's defaults."""
+    parser.add_argument("--bootstrap", type=int, default=DEFAULTS.n_bootstrap,
+                        help="bootstrap resamples for the intervals")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
 
 
 def _train(args: argparse.Namespace) -> None:

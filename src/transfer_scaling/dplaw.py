@@ -30,11 +30,11 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize
 
-from .fitting import ScratchCurve, classify_point, load_fit, n_key, to_jsonable
+from .fitting import load_fit, n_key, to_jsonable
 from .io import write_json
-from .jointlaw import HUBER_DELTA, batched_lbfgs, huber
+from .jointlaw import HUBER_DELTA, grid_then_polish, huber, lse_with_shares
+from .scratch import ScratchCurves, classify_point
 
 logger = logging.getLogger("transfer_scaling.dplaw")
 
@@ -77,14 +77,8 @@ class Law:
 def _loss_log_law(theta: np.ndarray, ln_d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """log L = LSE(a - alpha ln D, e) for theta = (a, e, alpha)."""
     a, e, alpha = (theta[:, i : i + 1] for i in range(3))
-    power = a - alpha * ln_d
-    top = np.maximum(power, e)
-    share_power = np.exp(power - top)
-    share_e = np.exp(e - top)
-    total = share_power + share_e
-    share_power, share_e = share_power / total, share_e / total
-    jacobian = np.stack([share_power, share_e, -share_power * ln_d], axis=-1)
-    return top + np.log(total), jacobian
+    log_loss, (share_power, share_e) = lse_with_shares(a - alpha * ln_d, e)
+    return log_loss, np.stack([share_power, share_e, -share_power * ln_d], axis=-1)
 
 
 def _zero_offset(g: Any) -> Any:
@@ -122,26 +116,17 @@ def _objective(law: Law, x: np.ndarray, log_y: np.ndarray, delta: float):
 
 
 def _fit_law(law: Law, x: np.ndarray, log_y: np.ndarray, delta: float) -> tuple[np.ndarray, dict[str, Any]]:
-    """Every start of the grid by batched L-BFGS, then the best few polished by scipy's L-BFGS-B.
+    """Every start of the grid by batched L-BFGS, then the best few polished by scipy's L-BFGS-B within the
+    law's bounds (``jointlaw.grid_then_polish``, as the joint law is fitted).
 
     The polish is capped at POLISH_ITERATIONS: points the law cannot describe (a falling or flat score) leave
     a flat valley the optimiser would follow for seconds; ``converged`` False flags such fits. A stop on a
     failed line search with a vanishing gradient counts as converged: it is the Huber objective's optimum.
     """
     began = time.perf_counter()
-    objective = _objective(law, x, log_y, delta)
-    optima, values = batched_lbfgs(objective, law.grid, max_iter=200, ftol=1e-10)
-    order = np.argsort(np.where(np.isfinite(values), values, np.inf))[:N_POLISH]
-
-    def scalar(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        value, grad = objective(theta[None, :], np.zeros(1, int))
-        return float(value[0]), grad[0]
-
-    low, high = np.array(law.bounds).T
-    results = [minimize(scalar, np.clip(optima[i], low, high), jac=True, method="L-BFGS-B", bounds=law.bounds,
-                        options={"maxiter": POLISH_ITERATIONS, "ftol": 1e-15, "gtol": 1e-12}) for i in order]
-    best = min(results, key=lambda result: result.fun if np.isfinite(result.fun) else np.inf)
-    return best.x, {"huber_delta": delta, "objective": float(best.fun), "converged": bool(best.status != 1 and np.max(np.abs(best.jac)) < GTOL_CONVERGED),
+    best, _ = grid_then_polish(_objective(law, x, log_y, delta), law.grid, N_POLISH, law.bounds, POLISH_ITERATIONS)
+    converged = bool(best.status != 1 and np.max(np.abs(best.jac)) < GTOL_CONVERGED)
+    return best.x, {"huber_delta": delta, "objective": float(best.fun), "converged": converged,
                     "n_starts": len(law.grid), "fit_seconds": time.perf_counter() - began}
 
 
@@ -341,16 +326,16 @@ def transferred_by_d_p(table: pd.DataFrame, transfer_fit: dict[str, Any]) -> pd.
     The same classification as the transfer fit's points (censored, ill-conditioned, ...), so D_T as a function
     of D_p is measured exactly as D_T as a function of D_F and N.
     """
-    slope_tolerance = transfer_fit["options"]["slope_tolerance"]
+    options = transfer_fit["options"]
     rows = []
     for record in table.itertuples(index=False):
         scratch = transfer_fit["scratch"].get(n_key(record.n_params))
         if scratch is None:
             raise DPLawError(f"N = {record.n_params} has no from-scratch curve in the transfer fit; "
                              "D_T needs scratch runs of the same size")
-        curve = ScratchCurve(float(record.n_params), np.asarray(scratch["d_chars"]), np.asarray(scratch["test_loss"]))
-        point = classify_point(curve, float(record.d_f_chars), float(record.test_loss), scratch["low_data_limit"],
-                               slope_tolerance)
+        curve = ScratchCurves(record.n_params, np.asarray(scratch["d_chars"]), np.asarray(scratch["test_loss"]),
+                              options["tolerance"], options["low_data_fraction"])
+        point = classify_point(curve, float(record.d_f_chars), float(record.test_loss), options["slope_tolerance"])
         rows.append({"source": record.source, "n_params": record.n_params, "d_f_chars": record.d_f_chars,
                      "d_p_tokens": record.d_p_tokens, "test_loss": record.test_loss, **point})
     return pd.DataFrame(rows)

@@ -5,8 +5,9 @@ with a Huber loss (delta = 1e-3) on log L by L-BFGS from a grid of starts; Besir
 the answer depends on the grid, so every start is run. The starts are optimised together by a batched
 L-BFGS written in numpy (each start keeps its own history and step), which takes the ~4,500-start grid in
 seconds where a Python loop over scipy calls would take minutes; the best few results are then polished
-with scipy's L-BFGS-B. Both use the analytic gradient. Bootstrap resamples are batched the same way,
-as per-point weights (multinomial counts), started from the full-data optimum.
+with scipy's L-BFGS-B (``grid_then_polish``, which also fits dplaw's laws over D_p). Both use the analytic
+gradient. Bootstrap resamples are batched the same way, as per-point weights (multinomial counts), started from
+the full-data optimum.
 
 Kaplan et al. (2020): L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D, written here as
 log L = alpha_D * LSE(c_1 - q log N, c_2 - log D) with q = alpha_N/alpha_D, N_c = e^(c_1/q), D_c = e^c_2.
@@ -70,7 +71,7 @@ class JointData:
     log_loss: np.ndarray
 
 
-def _lse_with_shares(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+def lse_with_shares(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """log(sum(exp(terms))) and each term's share exp(term)/sum, computed stably in one pass."""
     top = terms[0]
     for term in terms[1:]:
@@ -84,7 +85,7 @@ def chinchilla_log_loss(theta: np.ndarray, data: JointData) -> tuple[np.ndarray,
     """Predicted log L (S, n) and the shares of the three terms (A/N^alpha, B/D^beta, E), for theta (S, 5)."""
     a, b, e, alpha, beta = (theta[:, i : i + 1] for i in range(5))
     constant = np.broadcast_to(e, (len(theta), data.log_n.size))
-    return _lse_with_shares(a - alpha * data.log_n, b - beta * data.log_d, constant)
+    return lse_with_shares(a - alpha * data.log_n, b - beta * data.log_d, constant)
 
 
 def _weighted(values: np.ndarray, weights: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
@@ -109,7 +110,7 @@ def chinchilla_objective(data: JointData, weights: np.ndarray | None, delta: flo
 def kaplan_log_loss(theta: np.ndarray, data: JointData) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Predicted log L (S, n), the inner LSE (S, n) and its two shares, for theta (S, 4)."""
     c1, q, c2, alpha_d = (theta[:, i : i + 1] for i in range(4))
-    inner, shares = _lse_with_shares(c1 - q * data.log_n, c2 - data.log_d)
+    inner, shares = lse_with_shares(c1 - q * data.log_n, c2 - data.log_d)
     return alpha_d * inner, inner, shares
 
 
@@ -210,24 +211,6 @@ def _backtrack(objective: Objective, rows: np.ndarray, x: np.ndarray, value: np.
     return new_x, new_value, new_grad
 
 
-def _polish(make: Callable[..., Objective], data: JointData, delta: float,
-            starts: np.ndarray) -> tuple[np.ndarray, float]:
-    """scipy L-BFGS-B with the analytic gradient from each of ``starts``; the best result."""
-    objective = make(data, None, delta)
-
-    def scalar(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        value, grad = objective(theta[None, :], np.zeros(1, int))
-        return float(value[0]), grad[0]
-
-    best_x, best_value = None, math.inf
-    for start in starts:
-        result = minimize(scalar, start, jac=True, method="L-BFGS-B",
-                          options={"maxiter": 10000, "ftol": 1e-15, "gtol": 1e-12})
-        if result.fun < best_value:
-            best_x, best_value = result.x, float(result.fun)
-    return best_x, best_value
-
-
 def _prepare(n_params: Any, d: Any, loss: Any) -> JointData:
     arrays = [np.asarray(v, float).ravel() for v in (n_params, d, loss)]
     if len({a.size for a in arrays}) != 1:
@@ -242,14 +225,22 @@ def _prepare(n_params: Any, d: Any, loss: Any) -> JointData:
     return JointData(np.log(arrays[0]), np.log(arrays[1]), np.log(arrays[2]))
 
 
-def _fit_batched(make: Callable[..., Objective], data: JointData, grid: np.ndarray, delta: float,
-                 n_polish: int, max_iter: int = 200, ftol: float = 1e-10) -> tuple[np.ndarray, float, np.ndarray]:
-    """Batched L-BFGS from every start (to tolerances loose enough to find the basin), then polish the
-    ``n_polish`` best with scipy's L-BFGS-B to full precision."""
-    optima, values = batched_lbfgs(make(data, None, delta), grid, max_iter=max_iter, ftol=ftol)
-    order = np.argsort(np.where(np.isfinite(values), values, np.inf))
-    best, value = _polish(make, data, delta, optima[order[:n_polish]])
-    return best, value, optima[order[:n_polish]]
+def grid_then_polish(objective: Objective, grid: np.ndarray, n_polish: int, bounds: Any = None,
+                     polish_iterations: int = 10000) -> tuple[Any, np.ndarray]:
+    """Every start of ``grid`` by batched L-BFGS (to tolerances loose enough to find the basin), then the
+    ``n_polish`` best polished with scipy's L-BFGS-B (within ``bounds``) to full precision. Returns the best
+    polished result (scipy's ``OptimizeResult``) and the polished starts."""
+    optima, values = batched_lbfgs(objective, grid, max_iter=200, ftol=1e-10)
+    leaders = optima[np.argsort(np.where(np.isfinite(values), values, np.inf))[:n_polish]]
+
+    def scalar(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad = objective(theta[None, :], np.zeros(1, int))
+        return float(value[0]), grad[0]
+
+    starts = leaders if bounds is None else np.clip(leaders, *np.array(bounds).T)
+    results = [minimize(scalar, start, jac=True, method="L-BFGS-B", bounds=bounds,
+                        options={"maxiter": polish_iterations, "ftol": 1e-15, "gtol": 1e-12}) for start in starts]
+    return min(results, key=lambda result: result.fun if np.isfinite(result.fun) else np.inf), leaders
 
 
 def _bootstrap(make: Callable[..., Objective], data: JointData, delta: float, starts: np.ndarray, n_bootstrap: int,
@@ -284,8 +275,9 @@ def fit_chinchilla(n_params: Any, d: Any, loss: Any, delta: float = HUBER_DELTA,
     data = _prepare(n_params, d, loss)
     grid = chinchilla_grid() if grid is None else np.asarray(grid, float)
     began = time.perf_counter()
-    best, value, leaders = _fit_batched(chinchilla_objective, data, grid, delta, n_polish)
+    polished, leaders = grid_then_polish(chinchilla_objective(data, None, delta), grid, n_polish)
     grid_seconds = time.perf_counter() - began
+    best, value = polished.x, float(polished.fun)
     a, b, e, alpha, beta = (float(v) for v in best)
     residuals = data.log_loss - chinchilla_log_loss(best[None, :], data)[0][0]
     result: dict[str, Any] = {
@@ -361,8 +353,9 @@ def scratch_points(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def fit_scratch_runs(runs: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The joint law of a runs table's scratch rows: its points and ``fit_chinchilla``'s result, JSON-ready."""
+def fit_scratch_runs(runs: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """The joint law of a runs table's scratch rows: its points and ``fit_chinchilla``'s result, JSON-ready.
+    The console script's ``joint-law`` passes the fit's defaults (``FitOptions``), so none is restated here."""
     if n_bootstrap < 0:
         raise JointLawError(f"n_bootstrap = {n_bootstrap}: must be >= 0")
     points = scratch_points(runs)
@@ -400,7 +393,8 @@ def kaplan_grid(data: JointData) -> np.ndarray:
 
 def fit_kaplan(data: JointData, delta: float = HUBER_DELTA, n_polish: int = 4) -> dict[str, Any]:
     """Kaplan et al.'s L(N, D), same robust objective; N_c, D_c, alpha_N, alpha_D and residuals of log L."""
-    best, value, _ = _fit_batched(kaplan_objective, data, kaplan_grid(data), delta, n_polish)
+    polished, _ = grid_then_polish(kaplan_objective(data, None, delta), kaplan_grid(data), n_polish)
+    best, value = polished.x, float(polished.fun)
     c1, q, c2, alpha_d = (float(v) for v in best)
     residuals = data.log_loss - kaplan_log_loss(best[None, :], data)[0][0]
     return {"n_c": math.exp(c1 / q) if q != 0 else None, "d_c": math.exp(c2), "alpha_n": q * alpha_d,

@@ -208,7 +208,7 @@ def launch_logged(spec: Path, out: Path, nproc: int, log: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Run one training spec on every process of this SLURM allocation (or one process).")
-    parser.add_argument("--spec", type=Path, required=True, help="trainer spec JSON")
+    parser.add_argument("--spec", type=Path, required=True, help="a run record (spec.json) or a bare trainer spec")
     parser.add_argument("--out", type=Path, required=True, help="run directory")
     parser.add_argument("--nproc", type=int, default=None,
                         help="processes per node (default: one per GPU of the node, else 1)")

@@ -23,8 +23,10 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from . import fitting  # noqa: E402
 from .io import atomic_path  # noqa: E402
+from .layout import FitLayout  # noqa: E402
 from .dplaw import predict_dp_loss, predict_dp_score  # noqa: E402
 from .jointlaw import predict_chinchilla, predict_kaplan  # noqa: E402
+from .transferlaw import transferred_data  # noqa: E402
 
 FORMATS = ("png", "svg")
 LABELS = {
@@ -44,11 +46,15 @@ DP_SCORES = ("bleu", "chrf")
 FIT_NAMES = {"appendix_c": "Appendix C", "huber": "Huber"}
 
 
-def make_figures(runs_csv: str | os.PathLike, fit_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """Draw every figure; returns the written paths (PNG and SVG of each)."""
-    fit = fitting.load_fit(fit_dir)
-    draws_path = Path(fit_dir) / "bootstrap.csv"
-    draws = pd.read_csv(draws_path) if draws_path.exists() else pd.DataFrame(columns=["source", "method"])
+def make_figures(runs_csv: str | os.PathLike, fit_path: str | os.PathLike, out_dir: str | os.PathLike,
+                 draws_csv: str | os.PathLike | None = None) -> list[Path]:
+    """Draw every figure from the runs table, the fit (its JSON file or directory) and its bootstrap draws
+    (``draws_csv``, by default the fit's own); returns the written paths (PNG and SVG of each)."""
+    fit_json = Path(fit_path)
+    if fit_json.is_dir():
+        fit_json = FitLayout(fit_json).fit
+    fit = fitting.load_fit(fit_json)
+    draws = read_draws(Path(draws_csv) if draws_csv is not None else FitLayout(fit_json.parent).bootstrap)
     runs = fitting.validate_runs(fitting.read_runs(runs_csv))
     points = pd.DataFrame(fit["points"])
     sns.set_theme(style="whitegrid", context="paper")
@@ -62,6 +68,14 @@ def make_figures(runs_csv: str | os.PathLike, fit_dir: str | os.PathLike, out_di
     if "residuals_log_loss" in (fit.get("joint_law") or {}):
         drawers["joint_law"] = lambda: joint_law_plot(fit["joint_law"])
     return _render_all(drawers, Path(out_dir))
+
+
+def read_draws(path: Path) -> pd.DataFrame:
+    """The bootstrap draws the interval bands come from. A missing file is an error: without it the figures
+    would come out without their bands and nothing would say why."""
+    if not path.exists():
+        raise fitting.FitError(f"bootstrap draws not found: {path} (the fit writes them beside transfer_fit.json)")
+    return pd.read_csv(path)
 
 
 def draw_joint_law(law: dict[str, Any], stem: Path) -> list[Path]:
@@ -170,7 +184,7 @@ def transferred_vs_finetune(fit: dict[str, Any], points: pd.DataFrame, draws: pd
             axis.scatter(group["d_f_chars"], group["d_transferred"], color=colour, label=_n_label(n_params))
             if method is None:
                 continue
-            fitted = fitting.transferred_data(block["k"], block["alpha"], block["beta"], n_params, d_f)
+            fitted = transferred_data(block["k"], block["alpha"], block["beta"], n_params, d_f)
             axis.plot(d_f, fitted, color=colour)
             band = draws[(draws["source"] == source) & (draws["method"] == method)]
             if len(band):
@@ -202,7 +216,7 @@ def fraction_vs_params(fit: dict[str, Any], points: pd.DataFrame) -> plt.Figure:
             group = mine[mine["d_f_chars"] == d_f]
             axis.scatter(group["n_params"], group["fraction"], color=colour, label=f"D_F = {d_f:.3g}")
             if method is not None:
-                ratio = fitting.transferred_data(block["k"], block["alpha"], block["beta"], n_grid, d_f) / d_f
+                ratio = transferred_data(block["k"], block["alpha"], block["beta"], n_grid, d_f) / d_f
                 axis.plot(n_grid, ratio / (1 + ratio), color=colour)
         if mine.empty and method is None:
             _no_points(axis, points[points["source"] == source])

@@ -1,7 +1,10 @@
-"""Runs: the full specification of one training run, and the table of every run's results.
+"""Runs: the record of one training run, and the table of every run's results.
 
-A run is identified by its kind (pretrain, finetune, scratch), source, size and data; its spec is
-written next to its weights so every number in ``runs.csv`` can be traced to the settings that made it.
+A run is identified by its kind (pretrain, finetune, scratch), source, size and data. Three mappings describe it:
+the run settings (what the config fixes: kind, model, options, seed; the rule's ``params.run_settings``), the
+run record (``spec.json``: the settings joined with the run's files, plus what names the run) and, inside the
+record, the trainer spec (its ``trainer`` member, all the trainer reads). The record is written next to the
+weights so every number in ``runs.csv`` can be traced to the settings that made it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import pandas as pd
 
 from .config import step_budget
 from .io import atomic_open, read_json
+from .layout import RunLayout
 from .tokens import load_token_array
 
 RUN_COLUMNS = [
@@ -23,19 +27,19 @@ RUN_COLUMNS = [
 ]
 
 
-def run_record(run: dict, train: Path, validation: Path, tokenizer: Path, init_from: Path | None,
+def run_record(settings: dict, train: Path, validation: Path, tokenizer: Path, init_from: Path | None,
                threads: int, source: str | None, size: str, d_p_tokens: int | None = None) -> dict:
-    """Join a run's settings (from the config) with its files: the trainer's spec plus what names the run."""
+    """Join a run's settings (from the config) with its files: the trainer spec plus what names the run."""
     _, train_meta = load_token_array(train, verify_hash=False)
     vocab_size = int(read_json(tokenizer)["vocab_size"])
-    options = dict(run["options"])
-    max_steps = step_budget(options, train_meta["tokens"], run["model"]["n_ctx"])
+    options = dict(settings["options"])
+    max_steps = step_budget(options, train_meta["tokens"], settings["model"]["n_ctx"])
     options.pop("max_epochs")
     options.update(max_steps=max_steps, threads=threads)
     trainer = {
-        "kind": run["kind"],
-        "seed": run["seed"],
-        "model": {**run["model"], "vocab_size": vocab_size},
+        "kind": settings["kind"],
+        "seed": settings["seed"],
+        "model": {**settings["model"], "vocab_size": vocab_size},
         "train_tokens": str(train),
         "val_tokens": str(validation),
         "init_from": str(init_from) if init_from else None,
@@ -47,7 +51,7 @@ def run_record(run: dict, train: Path, validation: Path, tokenizer: Path, init_f
         "data_chars": int(train_meta["chars"]),
         "data_tokens": int(train_meta["tokens"]),
         "d_p_tokens": d_p_tokens,
-        "package_version": run["package_version"],
+        "package_version": settings["package_version"],
         "trainer": trainer,
     }
 
@@ -56,22 +60,22 @@ def run_row(run: str, record: dict, summary: dict, model: dict, evaluation: dict
     """One row of the runs table. Data is in characters (the paper's unit); compute is 6 * N * tokens."""
     n_params = int(model["n_params"])
     tokens_seen = int(summary["tokens_seen"])
-    spec = record["trainer"]
-    if spec["kind"] == "pretrain":
+    trainer = record["trainer"]
+    if trainer["kind"] == "pretrain":
         # Pretraining reads its data in part or several times over: count the characters it read.
         data_chars = round(tokens_seen * record["data_chars"] / record["data_tokens"])
     else:
         data_chars = int(record["data_chars"])
     return {
         "run": run,
-        "kind": spec["kind"],
+        "kind": trainer["kind"],
         "source": record["source"] or "",
         "size": record["size"],
         "n_params": n_params,
-        "n_layer": spec["model"]["n_layer"],
-        "d_model": spec["model"]["d_model"],
+        "n_layer": trainer["model"]["n_layer"],
+        "d_model": trainer["model"]["d_model"],
         "data_chars": data_chars,
-        "seed": spec["seed"],
+        "seed": trainer["seed"],
         "test_loss": evaluation["test_loss_per_char"],
         "test_loss_per_token": evaluation["test_loss_per_token"],
         "best_val_loss": summary["best_val_loss"],
@@ -85,23 +89,18 @@ def run_row(run: str, record: dict, summary: dict, model: dict, evaluation: dict
     }
 
 
-def run_name(run_dir: Path, results_root: str | os.PathLike) -> str:
-    """A run's name in the tables: its directory below ``results/runs``."""
-    return Path(os.path.relpath(run_dir, Path(results_root) / "runs")).as_posix()
+def run_name(run_dir: Path, runs_root: str | os.PathLike) -> str:
+    """A run's name in the tables: its directory below ``runs_root`` (``results/runs``)."""
+    return Path(os.path.relpath(run_dir, runs_root)).as_posix()
 
 
-def collect_runs(run_dirs: Iterable[str | os.PathLike], results_root: str | os.PathLike) -> pd.DataFrame:
-    """Read every run directory's spec, summary, model and evaluation into one table."""
+def collect_runs(run_dirs: Iterable[str | os.PathLike], runs_root: str | os.PathLike) -> pd.DataFrame:
+    """Read every run directory's record, summary, model and evaluation into one table."""
     rows = []
     for run_dir in map(Path, run_dirs):
-        name = run_name(run_dir, results_root)
-        rows.append(run_row(
-            name,
-            read_json(run_dir / "spec.json"),
-            read_json(run_dir / "summary.json"),
-            read_json(run_dir / "model.json"),
-            read_json(run_dir / "eval.json"),
-        ))
+        files = RunLayout(run_dir)
+        rows.append(run_row(run_name(run_dir, runs_root), read_json(files.record), read_json(files.summary),
+                            read_json(files.model), read_json(files.eval)))
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
@@ -109,17 +108,17 @@ SNAPSHOT_COLUMNS = ["run", "source", "size", "n_params", "d_f_chars", "d_p_token
                     "test_loss_per_token", "bleu", "chrf", "exact_match", "n_tasks", "status"]
 
 
-def collect_snapshot_runs(run_dirs: Iterable[str | os.PathLike], results_root: str | os.PathLike) -> pd.DataFrame:
+def collect_snapshot_runs(run_dirs: Iterable[str | os.PathLike], runs_root: str | os.PathLike) -> pd.DataFrame:
     """Fine-tuning runs started from pretraining snapshots: loss and downstream score against D_p."""
     rows = []
     for run_dir in map(Path, run_dirs):
-        record, evaluation = read_json(run_dir / "spec.json"), read_json(run_dir / "eval.json")
-        downstream = read_json(run_dir / "downstream.json")
+        files = RunLayout(run_dir)
+        record, evaluation, downstream = (read_json(path) for path in (files.record, files.eval, files.downstream))
         rows.append({
-            "run": run_name(run_dir, results_root),
+            "run": run_name(run_dir, runs_root),
             "source": record["source"],
             "size": record["size"],
-            "n_params": read_json(run_dir / "model.json")["n_params"],
+            "n_params": read_json(files.model)["n_params"],
             "d_f_chars": record["data_chars"],
             "d_p_tokens": record["d_p_tokens"],
             "seed": record["trainer"]["seed"],
@@ -129,7 +128,7 @@ def collect_snapshot_runs(run_dirs: Iterable[str | os.PathLike], results_root: s
             "chrf": downstream["chrf"],
             "exact_match": downstream["exact_match"],
             "n_tasks": downstream["n"],
-            "status": read_json(run_dir / "summary.json")["status"],
+            "status": read_json(files.summary)["status"],
         })
     return pd.DataFrame(rows, columns=SNAPSHOT_COLUMNS)
 

@@ -15,9 +15,7 @@ import json
 import logging
 import math
 import os
-import pickle
 import random
-import re
 import shutil
 import signal
 import socket
@@ -36,9 +34,9 @@ import torch
 import torch.distributed as dist
 
 from .config import TRAINING_KINDS, min_steps_beyond_cap
-from .io import (IntegrityError, atomic_open, atomic_path, check_directory_manifest, check_sha256_sidecar,
-                 directory_manifest, explain_full_disk, read_json, sidecar_path, write_json,
-                 write_sha256_sidecar)
+from .io import atomic_path, check_sha256_sidecar, read_json, sidecar_path, write_json, write_sha256_sidecar
+from .checkpoints import Checkpoints
+from .layout import RunLayout
 from .model import GPT, GPTConfig, load_weights, n_params, save_weights
 from .tokens import load_token_array
 
@@ -63,10 +61,6 @@ class TrainingDiverged(RuntimeError):
 
 class DeviceError(RuntimeError):
     """The job asks for a device or precision this machine does not have."""
-
-
-class CheckpointError(RuntimeError):
-    """A resume checkpoint failed verification, so it is never loaded."""
 
 
 class TrainingInterrupted(Exception):
@@ -395,51 +389,6 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_states() -> dict:
-    """RNG states in plain Python types and tensors, so a checkpoint loads with ``weights_only=True``."""
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    return {"python": random.getstate(), "numpy": (name, keys.tolist(), position, has_gauss, cached_gaussian),
-            "torch": torch.get_rng_state()}
-
-
-def restore_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    name, keys, position, has_gauss, cached_gaussian = states["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
-    torch.set_rng_state(states["torch"])
-
-
-def checkpoint_safe_globals() -> list:
-    """The only classes a DeepSpeed checkpoint of this trainer pickles besides tensors and builtins."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, ZeroStageEnum, fragment_address]
-
-
-def check_checkpoint(tag_dir: Path, manifest: dict[str, str] | None) -> None:
-    """Refuse a checkpoint that differs from the sha256 manifest written with it, or that holds any pickled
-    object outside the allow-list: DeepSpeed loads checkpoints with ``torch.load(weights_only=False)``,
-    which would run the code a planted pickle names."""
-    restart = f"delete {tag_dir.parent} to restart the run from step 0"
-    if manifest is None:
-        raise CheckpointError(f"{tag_dir.parent / 'complete.json'} records no sha256 manifest of {tag_dir.name}; {restart}")
-    try:
-        check_directory_manifest(tag_dir, manifest)
-    except IntegrityError as exc:
-        raise CheckpointError(f"checkpoint refused: {exc}; {restart}") from exc
-    with torch.serialization.safe_globals(checkpoint_safe_globals()):
-        for path in sorted(tag_dir.glob("*.pt")):
-            try:
-                torch.load(path, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as exc:
-                reason = re.search(r"Unsupported [^\n]*?(?=\. |\n|$)", str(exc))
-                raise CheckpointError(f"checkpoint refused: {path} holds a pickled object outside the allow-list of "
-                                      f"a training checkpoint ({reason.group(0) if reason else exc}); loading it "
-                                      f"could run arbitrary code; {restart}") from None
-
-
 @contextmanager
 def stop_requests() -> Iterator[list[bool]]:
     """Turn SIGTERM/SIGUSR1 into a flag checked at the next step boundary (SLURM sends them before a kill)."""
@@ -455,22 +404,6 @@ def stop_requests() -> Iterator[list[bool]]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def keep_metrics_through(path: Path, step: int) -> None:
-    """Drop metric lines past ``step`` (written after the checkpoint a run resumes from) and any line cut
-    short by a kill."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError):
-            continue
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        handle.writelines(kept)
 
 
 # ------------------------------------------------------------------------------------------- trainer
@@ -498,21 +431,12 @@ class Progress:
         return Cooldown(self.cooldown_start, self.cooldown_steps) if self.cooldown_steps else None
 
 
-def snapshot_path(out_dir: Path, tokens_seen: int) -> Path:
-    """Weights after ``tokens_seen`` training tokens (the D_p axis of Isik et al. 2024)."""
-    return Path(out_dir) / "snapshots" / f"tokens{tokens_seen}.safetensors"
-
-
 class Trainer:
     """One run on one rank: the engine, the data, and the progress that checkpoints carry."""
 
     def __init__(self, run: TrainSpec, out_dir: Path) -> None:
         self.run = run
-        self.out_dir = out_dir
-        self.checkpoint_dir = out_dir / "checkpoint"
-        self.best_path = out_dir / "best.safetensors"
-        self.stable_dir = out_dir / "stable_best"
-        self.metrics_path = out_dir / "metrics.jsonl"
+        self.layout = RunLayout(out_dir)
         self.deepspeed = import_deepspeed()
         check_precision(self.deepspeed, run.precision)
         self.store_dir = single_process_env()
@@ -540,6 +464,7 @@ class Trainer:
         if run.zero_stage == 3:
             self.deepspeed.zero.register_external_parameter(self.engine.module, self.engine.module.tok_emb.weight)
         self.is_main = self.engine.global_rank == 0
+        self.checkpoints = Checkpoints(self.engine, self.layout, self.is_main, self.barrier)
         self.metrics: Any = None
         self.progress = Progress()
         self.pending: list[tuple[int, torch.Tensor]] = []
@@ -610,15 +535,6 @@ class Trainer:
             save_weights(state, path)
             write_sha256_sidecar(path)
 
-    def kept_files(self) -> list[Path]:
-        """Outputs written before a checkpoint that a resumed run must find again (best weights, snapshots),
-        linked into it; metrics.jsonl, appended in place, is copied instead. Snakemake deletes all of them
-        before rerunning an incomplete job."""
-        snapshots = sorted((self.out_dir / "snapshots").glob("tokens*.safetensors"))
-        stable_state = sorted(path for path in self.stable_dir.rglob("*") if path.is_file())
-        return [path for weights in (self.best_path, *snapshots)
-                for path in (weights, sidecar_path(weights))] + stable_state
-
     def module_state(self) -> dict[str, torch.Tensor]:
         """Full module weights; under ZeRO-3 they are gathered from the shards (a collective on every rank)."""
         module = self.engine.module
@@ -657,9 +573,9 @@ class Trainer:
         is_best = val_loss < progress.best_val_loss
         if is_best:
             progress.best_val_loss, progress.best_step, progress.evals_since_best = val_loss, progress.step, 0
-            self.write_weights(self.module_state(), self.best_path)
+            self.write_weights(self.module_state(), self.layout.weights)
             if progress.cooldown is None:
-                self.save_state(self.stable_dir)
+                self.checkpoints.save_state(self.layout.stable_best_dir)
         else:
             progress.evals_since_best += 1
         self.info("step %d  val loss %.4f%s", progress.step, val_loss, "  (best)" if is_best else "")
@@ -668,39 +584,12 @@ class Trainer:
                      else "cooldown"})
 
     # ---------------------------------------------------------------- schedule phases
-    def save_state(self, directory: Path) -> None:
-        """Weights and optimizer state of this step, to decay from later. The directory is replaced whole,
-        never written in place: checkpoints hold hard links to its previous files."""
-        partial = directory.with_name(directory.name + ".partial")
-        if self.is_main:
-            shutil.rmtree(partial, ignore_errors=True)
-        self.barrier()
-        with explain_full_disk(partial):
-            self.engine.save_checkpoint(str(partial), tag="state", client_state={"rng": rng_states()},
-                                        save_latest=False)
-        self.barrier()
-        if self.is_main:
-            shutil.rmtree(directory, ignore_errors=True)
-            partial.rename(directory)
-        self.barrier()
-
-    def load_state(self, directory: Path) -> None:
-        load_path, client_state = self.engine.load_checkpoint(str(directory), tag="state")
-        if load_path is None:
-            raise CheckpointError(f"{directory}: the saved training state did not load")
-        restore_rng_states(client_state["rng"])
-
-    def remove_state(self, directory: Path) -> None:
-        self.barrier()
-        if self.is_main:
-            shutil.rmtree(directory, ignore_errors=True)
-
     def start_cooldown(self, reason: str) -> None:
         """End the stable phase: return to the best stable step's state and decay from there. From now on the
         best weights are the cooldown's, so every run is compared annealed at its own stopping point."""
         progress = self.progress
         self.check_losses()
-        self.load_state(self.stable_dir)
+        self.checkpoints.load_state(self.layout.stable_best_dir)
         # At least one validation interval, so that a run whose best is its first evaluation (a fine-tune that
         # only hurts at the peak rate) still gets a decayed-rate chance to improve on its starting weights.
         cooldown = cooldown_from(self.run, progress.best_step, min_steps=self.run.eval_interval)
@@ -714,89 +603,51 @@ class Trainer:
         progress.step, progress.best_val_loss, progress.best_step, progress.evals_since_best = (
             cooldown.start, math.inf, -1, 0)
         progress.interval_losses.clear()
-        self.remove_state(self.stable_dir)
+        self.checkpoints.remove_state(self.layout.stable_best_dir)
 
     def anneal_snapshot(self) -> None:
         """A D_p point (Isik et al. 2024): a cooldown branched from the stable phase at this step, its weights
         kept as the snapshot, then back to the stable phase as if it had not happened."""
         progress = self.progress
         self.check_losses()
-        branch_dir = self.out_dir / "branch"
-        self.save_state(branch_dir)
+        branch_dir = self.layout.branch_dir
+        self.checkpoints.save_state(branch_dir)
         step, interval_losses = progress.step, list(progress.interval_losses)
         cooldown = cooldown_from(self.run, step)
         while progress.step < cooldown.end:
             self.train_step(cooldown)
         self.check_losses()
-        self.write_weights(self.module_state(), snapshot_path(self.out_dir, step * self.tokens_per_step))
+        self.write_weights(self.module_state(), self.layout.snapshot(step * self.tokens_per_step))
         self.info("snapshot at step %d (%d tokens) annealed over %d steps: val loss %.4f", step,
                   step * self.tokens_per_step, cooldown.steps, self.validation_loss())
-        self.load_state(branch_dir)
+        self.checkpoints.load_state(branch_dir)
         progress.step, progress.interval_losses = step, interval_losses
-        self.remove_state(branch_dir)
+        self.checkpoints.remove_state(branch_dir)
 
     def last_snapshot_from_best(self) -> None:
         """A snapshot at the last stable step is the run's own annealed result: copied, not trained again."""
         last = self.run.snapshot_steps[-1] if self.run.snapshot_steps else None
         if last != self.run.max_steps or not self.is_main:
             return
-        target = snapshot_path(self.out_dir, last * self.tokens_per_step)
-        for source, dest in ((self.best_path, target), (sidecar_path(self.best_path), sidecar_path(target))):
+        target = self.layout.snapshot(last * self.tokens_per_step)
+        for source, dest in ((self.layout.weights, target), (self.layout.weights_sidecar, sidecar_path(target))):
             with atomic_path(dest) as tmp:
                 shutil.copyfile(source, tmp)
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
-        """Save on every rank, then mark the tag complete; only complete tags are ever loaded."""
         self.check_losses()
         tag = f"{'stable' if self.progress.cooldown is None else 'cooldown'}{self.progress.steps_trained:08d}"
-        client_state = {"progress": dataclasses.asdict(self.progress), "rng": rng_states()}
-        with explain_full_disk(self.checkpoint_dir / tag):
-            self.engine.save_checkpoint(str(self.checkpoint_dir), tag=tag, client_state=client_state,
-                                        save_latest=False)
-        if self.is_main:
-            kept_dir = self.checkpoint_dir / tag / "kept"
-            for kept in self.kept_files():
-                link = kept_dir / kept.relative_to(self.out_dir)
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.unlink(missing_ok=True)
-                os.link(kept, link)
-            shutil.copyfile(self.metrics_path, kept_dir / self.metrics_path.name)
-        self.barrier()
-        if self.is_main:
-            write_json(self.checkpoint_dir / "complete.json",
-                       {"tag": tag, "step": self.progress.step, "sha256": directory_manifest(self.checkpoint_dir / tag)})
-            for old in self.checkpoint_dir.iterdir():
-                if old.is_dir() and old.name != tag:
-                    shutil.rmtree(old)
+        self.checkpoints.save(tag, dataclasses.asdict(self.progress))
         self.info("checkpoint %s written at step %d", tag, self.progress.step)
 
     def resume(self) -> None:
         """Continue from the last complete checkpoint, or start afresh (dropping any partial one)."""
-        marker = self.checkpoint_dir / "complete.json"
-        if marker.exists():
-            record = read_json(marker)
-            tag = record["tag"]
-            check_checkpoint(self.checkpoint_dir / tag, record.get("sha256"))
-            load_path, client_state = self.engine.load_checkpoint(str(self.checkpoint_dir), tag=tag)
-            if load_path is None:
-                raise RuntimeError(f"{self.checkpoint_dir}: checkpoint {tag} is marked complete but did not load")
-            self.progress = Progress(**client_state["progress"])
-            restore_rng_states(client_state["rng"])
-            if self.is_main:
-                kept_dir = self.checkpoint_dir / tag / "kept"
-                for kept in sorted(path for path in kept_dir.rglob("*") if path.is_file()):
-                    with atomic_path(self.out_dir / kept.relative_to(kept_dir)) as tmp:
-                        shutil.copyfile(kept, tmp)
+        resumed = self.checkpoints.resume()
+        if resumed is not None:
+            tag, progress = resumed
+            self.progress = Progress(**progress)
             self.info("resumed from checkpoint %s at step %d", tag, self.progress.step)
-            resumed_step = self.progress.step
-        else:
-            if self.is_main and self.checkpoint_dir.exists():
-                shutil.rmtree(self.checkpoint_dir)
-            resumed_step = -1
-        if self.is_main:
-            keep_metrics_through(self.metrics_path, resumed_step)
-        self.barrier()
 
     def info(self, message: str, *args: Any) -> None:
         if self.is_main:
@@ -833,9 +684,9 @@ class Trainer:
         run = self.run
         self.resume()
         if self.is_main:
-            write_json(self.out_dir / "model.json", {**run.model.to_dict(), "n_params": self.n_params})
+            write_json(self.layout.model, {**run.model.to_dict(), "n_params": self.n_params})
         wall_before, started = self.progress.wall_seconds, time.perf_counter()
-        self.metrics = open(self.metrics_path, "a", encoding="utf-8") if self.is_main else None
+        self.metrics = open(self.layout.metrics, "a", encoding="utf-8") if self.is_main else None
         error = None
         try:
             with stop_requests() as flag:
@@ -869,9 +720,8 @@ class Trainer:
         else:
             summary["error"] = error
         if self.is_main:
-            write_json(self.out_dir / "summary.json", summary)
-            for directory in (self.checkpoint_dir, self.stable_dir, self.out_dir / "branch"):
-                shutil.rmtree(directory, ignore_errors=True)
+            write_json(self.layout.summary, summary)
+            self.checkpoints.discard()
         self.info("finished after %d steps (%s, annealed from step %d): best val loss %.4f at step %d",
                   progress.steps_trained, stop_reason, progress.cooldown_start, progress.best_val_loss,
                   progress.best_step)
@@ -929,6 +779,14 @@ class Trainer:
                 self.start_cooldown("early_stopping")
 
 
+def trainer_spec_of(document: Any) -> Any:
+    """The trainer spec in a ``--spec`` file. A run record (a run directory's spec.json) holds it as its
+    ``trainer`` member, which no trainer spec has; anything else is taken as a trainer spec itself."""
+    if isinstance(document, dict) and "trainer" in document:
+        return document["trainer"]
+    return document
+
+
 def train(spec: dict, out_dir: Path) -> dict:
     """Train one run described by ``spec`` into ``out_dir``; resume there if a complete checkpoint exists."""
     run = parse_spec(spec)
@@ -939,7 +797,8 @@ def train(spec: dict, out_dir: Path) -> dict:
         return trainer.fit()
     finally:
         trainer.engine.destroy()
-        del trainer.engine  # an exception from fit keeps the trainer alive in its frames, not the engine
+        # An exception from fit keeps the trainer alive in its frames, not the engine (which its checkpoints hold).
+        del trainer.engine, trainer.checkpoints
         end_process_groups(trainer.deepspeed)
         if trainer.store_dir is not None:
             shutil.rmtree(trainer.store_dir, ignore_errors=True)
@@ -969,14 +828,14 @@ def train_to_exit_code(spec: dict, out_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train one pretrain/finetune/scratch run (resumable).")
-    parser.add_argument("--spec", type=Path, required=True, help="training spec JSON")
+    parser.add_argument("--spec", type=Path, required=True, help="a run record (spec.json) or a bare trainer spec")
     parser.add_argument("--out", type=Path, required=True, help="run directory")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    return train_to_exit_code(read_json(args.spec), args.out)
+    return train_to_exit_code(trainer_spec_of(read_json(args.spec)), args.out)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,13 @@
 
 rule fit:
     input:
-        f"{RESULTS}/runs.csv",
+        RUNS_TABLE,
     output:
-        fit=report(f"{RESULTS}/fit/transfer_fit.json", category="Fit", caption="../report/fit.rst"),
-        points=report(f"{RESULTS}/fit/points.csv", category="Fit", caption="../report/points.rst"),
+        fit=report(str(FIT.fit), category="Fit", caption="../report/fit.rst"),
+        points=report(str(FIT.points), category="Fit", caption="../report/points.rst"),
+        bootstrap=str(FIT.bootstrap),
     params:
-        tolerance=config["fit"]["tolerance"],
-        low_data_fraction=config["fit"]["low_data_fraction"],
-        n_bootstrap=config["fit"]["bootstrap"],
+        fit=config["fit"],
         seed=config["seed"],
     log:
         f"{LOGS}/fit.log",
@@ -24,8 +23,9 @@ rule fit:
 
 rule figures:
     input:
-        runs=f"{RESULTS}/runs.csv",
-        fit=f"{RESULTS}/fit/transfer_fit.json",
+        runs=RUNS_TABLE,
+        fit=str(FIT.fit),
+        bootstrap=str(FIT.bootstrap),
     output:
         report(
             directory(f"{RESULTS}/figures"),
@@ -43,10 +43,10 @@ rule figures:
 
 rule answer:
     input:
-        fit=f"{RESULTS}/fit/transfer_fit.json",
+        fit=str(FIT.fit),
         figures=f"{RESULTS}/figures",
     output:
-        report(f"{RESULTS}/fit/answer.rst", category="Answer", caption="../report/answer.rst"),
+        report(str(FIT.answer), category="Answer", caption="../report/answer.rst"),
     params:
         target=TARGET,
     log:

@@ -10,11 +10,15 @@ import re
 import transfer_scaling
 from transfer_scaling import resources as job_resources
 from transfer_scaling.config import check_target_size, model_shapes, run_options, snapshot_tokens
-from transfer_scaling.io import SIDECAR_SUFFIX, read_json
+from transfer_scaling.io import read_json
+from transfer_scaling.layout import FitLayout, RunLayout
 
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
+RUNS = f"{RESULTS}/runs"
+"""Every run directory lies below here; the tables name a run by its path relative to it."""
+RUNS_TABLE = f"{RESULTS}/runs.csv"
 
 CORPORA = list(config["corpora"])
 TARGET = config["target"]
@@ -25,44 +29,53 @@ D_F_CHARS = config["finetune"]["d_f_chars"]
 D_SCRATCH_CHARS = config["scratch"]["d_chars"]
 SEEDS = config["seeds"]
 SNAPSHOT_TOKENS = snapshot_tokens(config)
-WEIGHTS = "best.safetensors"
-RUN_FILES = ("spec.json", WEIGHTS, WEIGHTS + SIDECAR_SUFFIX, "model.json", "summary.json", "metrics.jsonl")
+FIT = FitLayout(f"{RESULTS}/fit")
 
 
 def _alternatives(names):
     return "|".join(re.escape(name) for name in names)
 
 
+def run_file(run_dir, name):
+    """A file of a run directory (a wildcard pattern or a path), as Snakemake takes it: a string."""
+    return str(getattr(RunLayout(run_dir), name))
+
+
+def _strings(paths):
+    return {name: str(path) for name, path in paths.items()}
+
+
 def run_outputs(run_dir):
     """Named outputs of a training run (named, so the output cache can store several files)."""
-    return {name.replace(".safetensors.", "_").split(".")[0]: f"{run_dir}/{name}" for name in RUN_FILES}
+    return _strings(RunLayout(run_dir).training_outputs())
 
 
 def pretrain_outputs():
     """A pretraining run's files plus its D_p snapshots (weights after a given number of tokens)."""
-    run_dir = pretrain_dir()
-    snapshots = {}
-    for tokens in SNAPSHOT_TOKENS:
-        weights = f"{run_dir}/snapshots/tokens{tokens}.safetensors"
-        snapshots[f"snapshot_{tokens}"] = weights
-        snapshots[f"snapshot_{tokens}_sha256"] = weights + SIDECAR_SUFFIX
-    return {**run_outputs(run_dir), **snapshots}
+    layout = RunLayout(pretrain_dir())
+    snapshots = {name: path for tokens in SNAPSHOT_TOKENS for name, path in layout.snapshot_outputs(tokens).items()}
+    return {**run_outputs(pretrain_dir()), **_strings(snapshots)}
+
+
+def any_run_dir():
+    """Any run directory, for the jobs that evaluate every kind of run alike."""
+    return f"{RUNS}/{{run}}"
 
 
 def pretrain_dir():
-    return f"{RESULTS}/runs/pretrain/{{source}}/{{size}}"
+    return f"{RUNS}/pretrain/{{source}}/{{size}}"
 
 
 def finetune_dir():
-    return f"{RESULTS}/runs/finetune/{{source}}/{{size}}/d{{chars}}_seed{{seed}}"
+    return f"{RUNS}/finetune/{{source}}/{{size}}/d{{chars}}_seed{{seed}}"
 
 
 def snapshot_finetune_dir():
-    return f"{RESULTS}/runs/snapshot/{{source}}/{{size}}/p{{tokens}}/d{{chars}}_seed{{seed}}"
+    return f"{RUNS}/snapshot/{{source}}/{{size}}/p{{tokens}}/d{{chars}}_seed{{seed}}"
 
 
 def scratch_dir():
-    return f"{RESULTS}/runs/scratch/{{size}}/d{{chars}}_seed{{seed}}"
+    return f"{RUNS}/scratch/{{size}}/d{{chars}}_seed{{seed}}"
 
 
 def documents_dir(corpus):
@@ -117,8 +130,9 @@ def model_shape(size):
     return {**MODELS[size], "n_ctx": config["context"]}
 
 
-def run_spec(kind, wildcards):
-    """Everything that defines a run except file paths, which come from the rule's input."""
+def run_settings(kind, wildcards):
+    """A run's settings: everything that defines it except file paths, which come from the rule's input. The
+    training job joins them with those paths into the run record (``transfer_scaling.runs.run_record``)."""
     seed = int(wildcards.seed) if hasattr(wildcards, "seed") else config["seed"]
     return {
         "kind": kind,
@@ -129,29 +143,24 @@ def run_spec(kind, wildcards):
     }
 
 
-pretrain_spec = functools.partial(run_spec, "pretrain")
-finetune_spec = functools.partial(run_spec, "finetune")
-scratch_spec = functools.partial(run_spec, "scratch")
+pretrain_settings = functools.partial(run_settings, "pretrain")
+finetune_settings = functools.partial(run_settings, "finetune")
+scratch_settings = functools.partial(run_settings, "scratch")
 
 
 # ---------------------------------------------------------------- evaluation and analysis
 
 
 def pretrain_runs():
-    return expand(f"{RESULTS}/runs/pretrain/{{source}}/{{size}}", source=SOURCES, size=SIZES)
+    return expand(pretrain_dir(), source=SOURCES, size=SIZES)
 
 
 def finetune_runs():
-    return expand(
-        f"{RESULTS}/runs/finetune/{{source}}/{{size}}/d{{chars}}_seed{{seed}}",
-        source=SOURCES, size=SIZES, chars=D_F_CHARS, seed=SEEDS,
-    )
+    return expand(finetune_dir(), source=SOURCES, size=SIZES, chars=D_F_CHARS, seed=SEEDS)
 
 
 def scratch_runs():
-    return expand(
-        f"{RESULTS}/runs/scratch/{{size}}/d{{chars}}_seed{{seed}}", size=SIZES, chars=D_SCRATCH_CHARS, seed=SEEDS
-    )
+    return expand(scratch_dir(), size=SIZES, chars=D_SCRATCH_CHARS, seed=SEEDS)
 
 
 def all_runs():
@@ -159,10 +168,10 @@ def all_runs():
 
 
 def run_records(runs=None, extra=()):
-    """Per run: its spec, evaluation, summary and model description (and ``extra`` files), in one order."""
+    """Per run: its run record, evaluation, summary and model description (and ``extra`` files), in one order."""
     runs = all_runs() if runs is None else runs
-    names = ("spec", "eval", "summary", "model", *extra)
-    return {f"{name}_files": [f"{run}/{name}.json" for run in runs] for name in names}
+    names = ("record", "eval", "summary", "model", *extra)
+    return {f"{name}_files": [run_file(run, name) for run in runs] for name in names}
 
 
 DP_AXIS = config.get("pretraining_data")
@@ -173,7 +182,7 @@ def snapshot_runs():
     if not DP_AXIS:
         return []
     return expand(
-        f"{RESULTS}/runs/snapshot/{{source}}/{{size}}/p{{tokens}}/d{{chars}}_seed{{seed}}",
+        snapshot_finetune_dir(),
         source=SOURCES, size=DP_AXIS["sizes"], tokens=SNAPSHOT_TOKENS, chars=DP_AXIS["d_f_chars"], seed=SEEDS,
     )
 
@@ -183,8 +192,7 @@ def snapshot_run_records():
 
 
 def final_outputs():
-    outputs = [f"{RESULTS}/runs.csv", f"{RESULTS}/fit/transfer_fit.json", f"{RESULTS}/figures",
-               f"{RESULTS}/fit/answer.rst"]
+    outputs = [RUNS_TABLE, str(FIT.fit), f"{RESULTS}/figures", str(FIT.answer)]
     if DP_AXIS:
         outputs += [f"{RESULTS}/pretraining_data/dp_fit.json"]
     return outputs

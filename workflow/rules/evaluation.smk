@@ -3,11 +3,11 @@
 
 rule evaluate:
     input:
-        weights=f"{RESULTS}/runs/{{run}}/{WEIGHTS}",
-        model=f"{RESULTS}/runs/{{run}}/model.json",
+        weights=run_file(any_run_dir(), "weights"),
+        model=run_file(any_run_dir(), "model"),
         test=tokens_file(TARGET, "test"),
     output:
-        f"{RESULTS}/runs/{{run}}/eval.json",
+        run_file(any_run_dir(), "eval"),
     params:
         batch_size=config["evaluation"]["batch_size"],
     log:
@@ -29,9 +29,10 @@ rule runs_table:
     input:
         **run_records(),
     output:
-        f"{RESULTS}/runs.csv",
+        RUNS_TABLE,
     params:
         runs=all_runs(),
+        runs_root=RUNS,
     log:
         f"{LOGS}/runs_table.log",
     conda:

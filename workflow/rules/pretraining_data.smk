@@ -1,6 +1,8 @@
 """The pretraining-data axis (Isik et al. 2024): fine-tuning from each pretraining snapshot, a downstream
 line-completion score besides cross-entropy, and laws over D_p with a check on held-out D_p points."""
 
+DP_RUNS_TABLE = f"{RESULTS}/pretraining_data/runs.csv"
+
 
 rule downstream_tasks:
     input:
@@ -24,11 +26,11 @@ rule finetune_snapshot:
         train=subset_file(TARGET, "{chars}", "{seed}"),
         validation=tokens_file(TARGET, "validation"),
         tokenizer=TOKENIZER,
-        init=f"{RESULTS}/runs/pretrain/{{source}}/{{size}}/snapshots/tokens{{tokens}}.safetensors",
+        init=str(RunLayout(pretrain_dir()).snapshot("{tokens}")),
     output:
         **run_outputs(snapshot_finetune_dir()),
     params:
-        spec=finetune_spec,
+        run_settings=finetune_settings,
     log:
         f"{LOGS}/finetune_snapshot/{{source}}/{{size}}/p{{tokens}}/d{{chars}}_seed{{seed}}.log",
     benchmark:
@@ -46,12 +48,12 @@ rule finetune_snapshot:
 
 rule downstream:
     input:
-        weights=f"{RESULTS}/runs/{{run}}/{WEIGHTS}",
-        model=f"{RESULTS}/runs/{{run}}/model.json",
+        weights=run_file(any_run_dir(), "weights"),
+        model=run_file(any_run_dir(), "model"),
         tokenizer=TOKENIZER,
         tasks=f"{RESULTS}/pretraining_data/tasks.json",
     output:
-        f"{RESULTS}/runs/{{run}}/downstream.json",
+        run_file(any_run_dir(), "downstream"),
     params:
         batch_size=config["pretraining_data"]["batch_size"],
         max_new_tokens=config["pretraining_data"]["max_new_tokens"],
@@ -74,10 +76,11 @@ rule pretraining_data_table:
     input:
         **snapshot_run_records(),
     output:
-        report(f"{RESULTS}/pretraining_data/runs.csv", category="Pretraining data",
+        report(DP_RUNS_TABLE, category="Pretraining data",
                caption="../report/pretraining_data.rst"),
     params:
         runs=snapshot_runs(),
+        runs_root=RUNS,
     log:
         f"{LOGS}/pretraining_data_table.log",
     conda:
@@ -88,8 +91,8 @@ rule pretraining_data_table:
 
 rule pretraining_data_fit:
     input:
-        runs=f"{RESULTS}/pretraining_data/runs.csv",
-        transfer_fit=f"{RESULTS}/fit/transfer_fit.json",
+        runs=DP_RUNS_TABLE,
+        transfer_fit=str(FIT.fit),
     output:
         fit=report(f"{RESULTS}/pretraining_data/dp_fit.json", category="Pretraining data",
                    caption="../report/pretraining_data.rst"),

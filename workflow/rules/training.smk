@@ -14,7 +14,7 @@ rule pretrain:
     output:
         **pretrain_outputs(),
     params:
-        spec=pretrain_spec,
+        run_settings=pretrain_settings,
     log:
         f"{LOGS}/pretrain/{{source}}/{{size}}.log",
     threads: config["training"]["threads"]
@@ -32,11 +32,11 @@ rule finetune:
         train=subset_file(TARGET, "{chars}", "{seed}"),
         validation=tokens_file(TARGET, "validation"),
         tokenizer=TOKENIZER,
-        init=f"{pretrain_dir()}/{WEIGHTS}",
+        init=run_file(pretrain_dir(), "weights"),
     output:
         **run_outputs(finetune_dir()),
     params:
-        spec=finetune_spec,
+        run_settings=finetune_settings,
     log:
         f"{LOGS}/finetune/{{source}}/{{size}}/d{{chars}}_seed{{seed}}.log",
     benchmark:
@@ -60,7 +60,7 @@ rule scratch:
     output:
         **run_outputs(scratch_dir()),
     params:
-        spec=scratch_spec,
+        run_settings=scratch_settings,
     log:
         f"{LOGS}/scratch/{{size}}/d{{chars}}_seed{{seed}}.log",
     benchmark:

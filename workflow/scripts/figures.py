@@ -6,4 +6,5 @@ from transfer_scaling.logs import log_to_file
 from transfer_scaling.plots import make_figures
 
 log_to_file(snakemake.log[0])
-make_figures(Path(snakemake.input.runs), Path(snakemake.input.fit).parent, Path(snakemake.output[0]))
+make_figures(Path(snakemake.input.runs), Path(snakemake.input.fit), Path(snakemake.output[0]),
+             draws_csv=Path(snakemake.input.bootstrap))

@@ -1,8 +1,8 @@
 """Snakemake adapter: one pretraining, fine-tuning or from-scratch run through the DeepSpeed trainer.
 
 One process trains here, in the job's own process; a job given several GPUs or nodes starts the trainer on
-each of them through transfer_scaling.launch. Either way a stop on SIGTERM/SIGUSR1 exits with code 75
-after a checkpoint, and the retried job resumes from it.
+each of them through transfer_scaling.launch, which reads the trainer spec from the run record. Either way a
+stop on SIGTERM/SIGUSR1 exits with code 75 after a checkpoint, and the retried job resumes from it.
 """
 
 import logging
@@ -12,13 +12,14 @@ from pathlib import Path
 
 from transfer_scaling.io import write_json
 from transfer_scaling.launch import launch_logged
+from transfer_scaling.layout import RunLayout
 from transfer_scaling.logs import log_to_file
 from transfer_scaling.runs import run_record
 from transfer_scaling.training import train_to_exit_code
 
 log_to_file(snakemake.log[0])
 record = run_record(
-    snakemake.params.spec,
+    snakemake.params.run_settings,
     train=Path(snakemake.input.train),
     validation=Path(snakemake.input.validation),
     tokenizer=Path(snakemake.input.tokenizer),
@@ -28,15 +29,13 @@ record = run_record(
     size=snakemake.wildcards.size,
     d_p_tokens=int(snakemake.wildcards.tokens) if hasattr(snakemake.wildcards, "tokens") else None,
 )
-out_dir = Path(snakemake.output.summary).parent
-write_json(snakemake.output.spec, record)
+run_dir = RunLayout.holding(snakemake.output.record).directory
+write_json(snakemake.output.record, record)
 nodes = snakemake.resources.get("nodes", 1)
 processes_per_node = max(1, snakemake.resources.get("gpu", 0) // nodes)
 logging.getLogger("transfer_scaling.train").info(
     "%d process(es) per node on %d node(s); CUDA_VISIBLE_DEVICES=%s; SLURM job %s", processes_per_node, nodes,
     os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), os.environ.get("SLURM_JOB_ID", "none"))
 if nodes * processes_per_node > 1:
-    trainer_spec = out_dir / "trainer.json"
-    write_json(trainer_spec, record["trainer"])
-    sys.exit(launch_logged(trainer_spec, out_dir, processes_per_node, Path(snakemake.log[0])))
-sys.exit(train_to_exit_code(record["trainer"], out_dir))
+    sys.exit(launch_logged(Path(snakemake.output.record), run_dir, processes_per_node, Path(snakemake.log[0])))
+sys.exit(train_to_exit_code(record["trainer"], run_dir))
