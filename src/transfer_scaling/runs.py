@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import pandas as pd
 
@@ -89,17 +89,17 @@ def run_row(run: str, record: dict, summary: dict, model: dict, evaluation: dict
     }
 
 
-def run_name(run_dir: Path, runs_root: str | os.PathLike) -> str:
-    """A run's name in the tables: its directory below ``runs_root`` (``results/runs``)."""
-    return Path(os.path.relpath(run_dir, runs_root)).as_posix()
+def run_names(run_dirs: Iterable[str | os.PathLike], runs_root: str | os.PathLike) -> dict[str, str]:
+    """Each run's name in the tables (its directory below ``runs_root``, e.g. ``results/runs``) -> its directory."""
+    return {Path(os.path.relpath(run_dir, runs_root)).as_posix(): str(run_dir) for run_dir in run_dirs}
 
 
-def collect_runs(run_dirs: Iterable[str | os.PathLike], runs_root: str | os.PathLike) -> pd.DataFrame:
-    """Read every run directory's record, summary, model and evaluation into one table."""
+def collect_runs(runs: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
+    """Read every run directory's record, summary, model and evaluation into one table (``runs``: name -> dir)."""
     rows = []
-    for run_dir in map(Path, run_dirs):
-        files = RunLayout(run_dir)
-        rows.append(run_row(run_name(run_dir, runs_root), read_json(files.record), read_json(files.summary),
+    for name, run_dir in runs.items():
+        files = RunLayout(Path(run_dir))
+        rows.append(run_row(name, read_json(files.record), read_json(files.summary),
                             read_json(files.model), read_json(files.eval)))
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
@@ -108,14 +108,14 @@ SNAPSHOT_COLUMNS = ["run", "source", "size", "n_params", "d_f_chars", "d_p_token
                     "test_loss_per_token", "bleu", "chrf", "exact_match", "n_tasks", "status"]
 
 
-def collect_snapshot_runs(run_dirs: Iterable[str | os.PathLike], runs_root: str | os.PathLike) -> pd.DataFrame:
+def collect_snapshot_runs(runs: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
     """Fine-tuning runs started from pretraining snapshots: loss and downstream score against D_p."""
     rows = []
-    for run_dir in map(Path, run_dirs):
-        files = RunLayout(run_dir)
+    for name, run_dir in runs.items():
+        files = RunLayout(Path(run_dir))
         record, evaluation, downstream = (read_json(path) for path in (files.record, files.eval, files.downstream))
         rows.append({
-            "run": run_name(run_dir, runs_root),
+            "run": name,
             "source": record["source"],
             "size": record["size"],
             "n_params": read_json(files.model)["n_params"],

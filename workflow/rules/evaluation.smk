@@ -31,8 +31,7 @@ rule runs_table:
     output:
         RUNS_TABLE,
     params:
-        runs=all_runs(),
-        runs_root=RUNS,
+        runs=run_names(all_runs(), RUNS),
     log:
         f"{LOGS}/runs_table.log",
     conda:

@@ -79,8 +79,7 @@ rule pretraining_data_table:
         report(DP_RUNS_TABLE, category="Pretraining data",
                caption="../report/pretraining_data.rst"),
     params:
-        runs=snapshot_runs(),
-        runs_root=RUNS,
+        runs=run_names(snapshot_runs(), RUNS),
     log:
         f"{LOGS}/pretraining_data_table.log",
     conda:
