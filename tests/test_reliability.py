@@ -1,5 +1,6 @@
-"""Faults: SIGKILL at a random checkpoint, divergence, a full disk and a missing device, for the trainer
-alone and for jobs of the smoke pipeline; and bit-for-bit determinism of the evaluation on CPU.
+"""Faults: SIGKILL at every checkpoint position, divergence, a full disk and a missing device, for the trainer
+alone and for jobs of the smoke pipeline; and bit-for-bit determinism of the evaluation on CPU. Kill points are
+fixed (none is drawn at random), so a run of the suite tests the same positions as every other.
 
 The pipeline tests share one finished smoke study (the reference) and work on copies of it.
 """
@@ -10,7 +11,6 @@ import argparse
 import ast
 import contextlib
 import os
-import random
 import re
 import shutil
 import signal
@@ -34,7 +34,7 @@ from transfer_scaling.training import DeviceError, train
 
 SMOKE = ("--configfile", "presets/smoke.yaml")
 LOSS_COLUMNS = ["run", "test_loss", "test_loss_per_token", "best_val_loss", "steps", "best_step", "tokens_seen"]
-RNG = random.Random()
+KILLER = Path(__file__).with_name("sigkill_after_checkpoint.py")
 
 
 def wait_for_checkpoint(run_dir: Path, step: int, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -94,12 +94,16 @@ def test_package_writes_files_only_through_the_atomic_helpers() -> None:
 
 @pytest.mark.slow
 def test_trainer_killed_twice_resumes_bit_identical(data, tmp_path: Path) -> None:
-    """SIGKILL (no handler, no checkpoint on the way out) at two random checkpoints, each rerun a new process."""
-    spec = make_spec(data, max_steps=200, eval_interval=20, checkpoint_interval=10, patience=100, log_interval=10)
+    """SIGKILL from outside (no handler, no checkpoint on the way out) once a checkpoint of a chosen step is
+    complete, each rerun a new process. The kills land a few steps later depending on the machine's speed;
+    the resumed run must equal the uninterrupted one wherever they land. The two chosen checkpoints are the
+    first ones past a snapshot's cooldown, which carries the count of steps over a log and a checkpoint
+    boundary."""
+    spec = make_spec(data, max_steps=200, eval_interval=20, checkpoint_interval=10, patience=100, log_interval=10,
+                     snapshot_steps=[47, 128])
     reference = run_cli(spec, tmp_path / "reference", [sys.executable])
     assert reference.wait(timeout=300) == 0, reference.stdout.read()
-    first, second = sorted(RNG.sample(range(10, 190, 10), 2))
-    for kill_after in (first, second):
+    for kill_after in spec["snapshot_steps"]:
         process = run_cli(spec, tmp_path / "killed", [sys.executable])
         wait_for_checkpoint(tmp_path / "killed", kill_after, process)
         process.kill()
@@ -107,12 +111,51 @@ def test_trainer_killed_twice_resumes_bit_identical(data, tmp_path: Path) -> Non
     resumed = run_cli(spec, tmp_path / "killed", [sys.executable])
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
-    assert "resumed from checkpoint" in output, f"killed after steps {first}, {second}, yet nothing to resume:\n{output}"
-    for name in ("best.safetensors", "best.safetensors.sha256"):
-        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
-    assert without_timing(read_json(tmp_path / "killed/summary.json")) == \
-        without_timing(read_json(tmp_path / "reference/summary.json"))
-    assert read_metrics(tmp_path / "killed") == read_metrics(tmp_path / "reference")
+    assert "resumed from checkpoint" in output, f"killed after steps {spec['snapshot_steps']}, yet nothing to resume:\n{output}"
+    assert_same_run(tmp_path / "killed", tmp_path / "reference")
+
+
+def assert_same_run(run_dir: Path, reference_dir: Path) -> None:
+    """Weights, snapshots, summary and the metrics log record for record, timing fields aside."""
+    weights = sorted(p.relative_to(reference_dir) for p in reference_dir.rglob("*.safetensors*"))
+    assert weights == sorted(p.relative_to(run_dir) for p in run_dir.rglob("*.safetensors*"))
+    for name in weights:
+        assert (run_dir / name).read_bytes() == (reference_dir / name).read_bytes(), name
+    assert without_timing(read_json(run_dir / "summary.json")) == without_timing(read_json(reference_dir / "summary.json"))
+    assert read_metrics(run_dir) == read_metrics(reference_dir)
+
+
+CHECKPOINT_WRITTEN = re.compile(r"checkpoint (\w+) written at step (\d+)")
+RESUMED = re.compile(r"resumed from checkpoint (\w+) at step (\d+)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra_steps", [0, 10])
+def test_smoke_pretraining_killed_at_every_checkpoint_resumes_bit_identical(smoke_study: Path, tmp_path: Path,
+                                                                            extra_steps: int) -> None:
+    """The smoke study's text+code pretraining (four annealed snapshots), SIGKILLed at every checkpoint position
+    in turn: each process resumes from the previous one's last checkpoint and kills itself ``extra_steps``
+    training steps after its own first checkpoint (0: as the checkpoint is marked complete; 10: half an
+    interval later, with metrics, weights and a snapshot's branch written past it). The last process finishes;
+    every output equals the uninterrupted run's."""
+    run = "pretrain/text_code/m"
+    reference_dir = smoke_study / "results" / "runs" / run
+    positions = CHECKPOINT_WRITTEN.findall(log_of(smoke_study, run))
+    steps_trained = [int(tag[-8:]) for tag, _ in positions]
+    assert any(trained != int(step) for trained, (_, step) in zip(steps_trained, positions)), \
+        "no checkpoint falls after a snapshot's cooldown"
+    assert extra_steps < read_json(reference_dir / "spec.json")["trainer"]["checkpoint_interval"]
+    out = tmp_path / "killed"
+    resumed_from = []
+    for position in range(len(positions) + 1):
+        command = [sys.executable, str(KILLER), "--extra-steps", str(extra_steps),
+                   "--spec", str(reference_dir / "spec.json"), "--out", str(out)]
+        result = subprocess.run(command, cwd=smoke_study, capture_output=True, text=True, timeout=300)
+        resumed_from += RESUMED.findall(result.stderr)
+        expected = 0 if position == len(positions) else -signal.SIGKILL
+        assert result.returncode == expected, f"process {position}: {result.stderr[-3000:]}"
+    assert resumed_from == positions
+    assert_same_run(out, reference_dir)
 
 
 @pytest.mark.slow
@@ -215,8 +258,8 @@ def test_pipeline_killed_mid_pretraining_resumes_bit_identical(smoke_study: Path
     study = copy_study(smoke_study, tmp_path / "study", run)
     (study / "results" / "runs.csv").unlink()  # with the table present, Snakemake would not redo a deleted run
     run_dir = study / "results" / "runs" / run
-    steps = read_json(smoke_study / "results" / "runs" / run / "spec.json")["trainer"]
-    kill_after = RNG.randrange(steps["checkpoint_interval"], steps["max_steps"], steps["checkpoint_interval"])
+    # The checkpoint that ends the cooldown of the largest stable snapshot: the log interval is open there.
+    kill_after = read_json(smoke_study / "results" / "runs" / run / "spec.json")["trainer"]["snapshot_steps"][-2]
     command = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "-d", str(study), "results/runs.csv", *SMOKE]
     process = subprocess.Popen(command, cwd=study, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
@@ -229,10 +272,7 @@ def test_pipeline_killed_mid_pretraining_resumes_bit_identical(smoke_study: Path
     run_workflow(study, "--unlock", *SMOKE)
     run_workflow(study, "results/runs.csv", "--rerun-incomplete", *SMOKE, timeout=1800)
     assert "resumed from checkpoint" in log_of(study, run)
-    reference_dir = smoke_study / "results" / "runs" / run
-    assert (run_dir / "best.safetensors").read_bytes() == (reference_dir / "best.safetensors").read_bytes()
-    assert without_timing(read_json(run_dir / "summary.json")) == without_timing(read_json(reference_dir / "summary.json"))
-    assert read_metrics(run_dir) == read_metrics(reference_dir)
+    assert_same_run(run_dir, smoke_study / "results" / "runs" / run)
     table, reference = (pd.read_csv(s / "results" / "runs.csv")[LOSS_COLUMNS] for s in (study, smoke_study))
     pd.testing.assert_frame_equal(table, reference)
 

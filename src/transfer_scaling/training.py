@@ -418,6 +418,9 @@ class Progress:
     evals_since_best: int = 0
     wall_seconds: float = 0.0
     interval_losses: list[float] = dataclasses.field(default_factory=list)
+    last_log_steps: int = 0
+    """Steps trained at the last train record: the open log interval, so a resumed run logs where an
+    uninterrupted one does even when a snapshot's cooldown carried the count past a log boundary."""
     stop_reason: str = ""
     stable_end: int = -1
     stable_best_step: int = -1
@@ -741,14 +744,15 @@ class Trainer:
         run, progress = self.run, self.progress
         if progress.steps_trained == 0:
             self.evaluate()
-        last_log_time, last_log_steps = time.perf_counter(), progress.steps_trained
+        # The rate counts steps timed by this process: a resumed run's first interval began before the kill.
+        last_log_time, timed_from = time.perf_counter(), progress.steps_trained
         last_checkpoint = progress.steps_trained
         while progress.cooldown is None or progress.step < progress.cooldown.end:
             self.train_step(progress.cooldown)
-            if progress.steps_trained // run.log_interval > last_log_steps // run.log_interval:
+            if progress.steps_trained // run.log_interval > progress.last_log_steps // run.log_interval:
                 now = time.perf_counter()
-                self.log_train(now - last_log_time, progress.steps_trained - last_log_steps)
-                last_log_time, last_log_steps = now, progress.steps_trained
+                self.log_train(now - last_log_time, progress.steps_trained - max(progress.last_log_steps, timed_from))
+                last_log_time, progress.last_log_steps = now, progress.steps_trained
             if progress.cooldown is None:
                 self.after_stable_step()
             elif (progress.step - progress.cooldown_start) % run.eval_interval == 0 \
