@@ -117,6 +117,14 @@ BAD_CONFIGS = [
      "config key 'training.eval_tokens': eval_tokens 64 is below one context window of 128 tokens"),
     ("pretrain.gpus", 3,
      "config key 'training.batch_size': batch_size 32 is not divisible by the 3 trainer processes of a pretrain job"),
+    ("training.micro_batch_size", 12,
+     "config key 'training.micro_batch_size': micro_batch_size 12 does not divide the 32 sequences each of the 1 "
+     "trainer processes of a pretrain job takes of batch_size 32 (size xs); choose a divisor of 32"),
+    ("models.3.micro_batch_size", 5,
+     "config key 'models.3.micro_batch_size': micro_batch_size 5 does not divide the 32 sequences"),
+    ("finetune.options", {"micro_batch_size": 0}, "config key 'finetune.options.micro_batch_size': value 0"),
+    ("training.loss_chunk_tokens", -1, "config key 'training.loss_chunk_tokens': value -1"),
+    ("training.compile", "yes", "config key 'training.compile': value 'yes'"),
     ("pretraining_data.max_new_tokens", 128,
      "config key 'pretraining_data.max_new_tokens': 128 leaves no room for a prompt"),
     ("finetune.d_f_chars", [100, 3000],
@@ -180,6 +188,19 @@ def _merge(base: dict, overlay: dict) -> None:
             _merge(base[key], value)
         else:
             base[key] = value
+
+
+def test_micro_batch_of_a_size_overrides_the_kinds_and_stays_out_of_the_shape():
+    config = study_config({"training": {"micro_batch_size": 16}, "scratch": {"options": {"micro_batch_size": 8}},
+                           "models": [{"name": "s", "n_layer": 2, "d_model": 32, "n_head": 2},
+                                      {"name": "m", "n_layer": 2, "d_model": 64, "n_head": 4},
+                                      {"name": "l", "n_layer": 2, "d_model": 112, "n_head": 4, "micro_batch_size": 4}]})
+    assert model_shapes(config)["l"] == {"n_layer": 2, "d_model": 112, "n_head": 4}
+    assert run_options(config, "finetune", "s")["micro_batch_size"] == 16
+    assert run_options(config, "scratch", "s")["micro_batch_size"] == 8
+    assert run_options(config, "scratch", "l")["micro_batch_size"] == run_options(config, "pretrain", "l")[
+        "micro_batch_size"] == 4
+    assert run_options(config, "finetune")["micro_batch_size"] == 16
 
 
 def test_pretraining_budget_sets_steps(default_config, schema):

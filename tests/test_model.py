@@ -109,3 +109,44 @@ def test_weights_round_trip_and_mismatch_names_the_file(tmp_path) -> None:
         load_weights(GPT(small_config(d_model=64)), path)
     with pytest.raises(WeightsMismatchError, match="missing"):
         load_weights(GPT(small_config(n_layer=3)), path)
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 37, 64, 10_000])
+def test_chunked_loss_equals_the_plain_loss_and_its_gradients(chunk_tokens: int) -> None:
+    """Any chunk size (one position, a ragged last chunk, exactly one window, all at once) gives the loss and
+    every parameter's gradient of the plain loss over the full logits, to float32 rounding."""
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=2, d_model=32, n_head=2, n_ctx=64, vocab_size=257)
+    plain, chunked = GPT(config), GPT(config, loss_chunk_tokens=chunk_tokens)
+    chunked.load_state_dict(plain.state_dict())
+    idx, targets = torch.randint(0, 257, (3, 64)), torch.randint(0, 257, (3, 64))
+    logits, plain_loss = plain(idx, targets)
+    no_logits, chunked_loss = chunked(idx, targets)
+    assert logits is not None and no_logits is None
+    assert chunked_loss.item() == pytest.approx(plain_loss.item(), rel=1e-6)
+    plain_loss.backward()
+    chunked_loss.backward()
+    for (name, a), b in zip(plain.named_parameters(), chunked.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_chunked_loss_under_no_grad_forms_no_gradients() -> None:
+    """Evaluation pays for the loss only: no gradient buffers, and the value of the training path."""
+    model = GPT(GPTConfig(n_layer=1, d_model=16, n_head=2, n_ctx=32, vocab_size=257), loss_chunk_tokens=10)
+    idx = torch.randint(0, 257, (2, 32))
+    with torch.no_grad():
+        _, evaluated = model(idx, idx)
+    _, trained = model(idx, idx)
+    assert evaluated.item() == pytest.approx(trained.item(), rel=1e-6) and trained.requires_grad
+
+
+def test_activation_checkpointing_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=2, d_model=32, n_head=2, n_ctx=16, vocab_size=257)
+    plain, recomputed = GPT(config), GPT(config, activation_checkpointing=True)
+    recomputed.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 257, (2, 16))
+    for model in (plain, recomputed):
+        model(idx, idx)[1].backward()
+    for a, b in zip(plain.parameters(), recomputed.parameters()):
+        assert torch.equal(a.grad, b.grad)

@@ -81,6 +81,10 @@ def without_timing(summary: dict) -> dict:
     ({"kind": "finetune"}, "'init_from'"),
     ({"init_from": "x.safetensors"}, "'init_from'"),
     ({"learning_rate": 1e-3}, "unknown keys \\['learning_rate'\\]"),
+    ({"micro_batch_size": 3}, "'micro_batch_size' \\(3\\) does not divide 'batch_size' \\(4\\)"),
+    ({"micro_batch_size": 0}, "'micro_batch_size' must be an integer >= 1"),
+    ({"loss_chunk_tokens": -1}, "'loss_chunk_tokens' must be an integer >= 0"),
+    ({"compile": "yes"}, "'compile' must be true or false"),
 ])
 def test_spec_errors_name_the_key(data, change: dict, message: str) -> None:
     with pytest.raises(SpecError, match=message):
@@ -292,6 +296,37 @@ def test_zero_stage_2_matches_stage_0(data, tmp_path) -> None:
     stage0 = train(spec, tmp_path / "stage0")
     stage2 = train({**spec, "zero_stage": 2}, tmp_path / "stage2")
     assert stage2["best_val_loss"] == pytest.approx(stage0["best_val_loss"], abs=1e-5)
+
+
+def test_micro_batch_that_does_not_divide_a_ranks_share_is_refused(data, tmp_path, monkeypatch) -> None:
+    """It divides the global batch of 12 (the spec check) but not the 6 sequences of each of 2 ranks."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SpecError, match="'micro_batch_size' \\(4\\) does not divide the 6 sequences of each of the 2"):
+        train(make_spec(data, micro_batch_size=4, batch_size=12), tmp_path / "run")
+    assert training.micro_batches(12, 2, 32) == (6, 1), "a micro-batch above a rank's share takes the share"
+
+
+def losses_of(run_dir: Path) -> list[float]:
+    """Every train and validation loss of a run, in the order logged."""
+    return [record[key] for record in read_metrics(run_dir) for key in ("train_loss", "val_loss") if key in record]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{"micro_batch_size": 4}, {"micro_batch_size": 2, "loss_chunk_tokens": 50},
+                                     {"activation_checkpointing": True}, {"compile": True}],
+                         ids=["accumulation", "accumulation+chunked-loss", "activation-checkpointing", "compile"])
+def test_memory_and_speed_options_leave_the_losses_as_they_were(data, tmp_path, options: dict) -> None:
+    """A batch of 8 as 2 x 4 (or 4 x 2) accumulated micro-batches, the chunked loss, recomputed activations and a
+    compiled model train the same run as the plain path: the data of a step depends on (seed, step) only, so
+    every train and validation loss agrees to float32 summation order."""
+    spec = make_spec(data, batch_size=8, max_steps=12, eval_interval=4, log_interval=2)
+    plain = train(spec, tmp_path / "plain")
+    other = train({**spec, **options}, tmp_path / "other")
+    assert losses_of(tmp_path / "other") == pytest.approx(losses_of(tmp_path / "plain"), rel=1e-6)
+    losses = ("best_val_loss", "stable_best_val_loss")
+    assert [other[key] for key in losses] == pytest.approx([plain[key] for key in losses], rel=1e-6)
+    assert {k: v for k, v in without_timing(other).items() if k not in losses} == \
+        {k: v for k, v in without_timing(plain).items() if k not in losses}
 
 
 @pytest.mark.slow

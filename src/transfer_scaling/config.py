@@ -282,15 +282,27 @@ def trainer_processes(config: dict, kind: str) -> tuple[int, int]:
 
 
 def _check_batches(config: dict, kind: str) -> None:
-    """Each trainer process takes an equal share of the global batch."""
+    """Each trainer process takes an equal share of the global batch, in micro-batches that divide it."""
     batch_size = run_options(config, kind)["batch_size"]
     per_node, nodes = trainer_processes(config, kind)
-    if batch_size % (per_node * nodes):
+    processes = per_node * nodes
+    if batch_size % processes:
         raise ConfigError(
             f"config key '{_option_key(config, kind, 'batch_size')}': batch_size {batch_size} is not divisible by "
-            f"the {per_node * nodes} trainer processes of a {kind} job ({per_node} per node x {nodes} node(s), "
+            f"the {processes} trainer processes of a {kind} job ({per_node} per node x {nodes} node(s), "
             "from cluster.gpus_per_job, pretrain.gpus and pretrain.nodes)"
         )
+    share = batch_size // processes
+    for index, shape in enumerate(config["models"]):
+        micro = run_options(config, kind, shape["name"])["micro_batch_size"]
+        if micro is not None and share % min(micro, share):
+            key = (f"models.{index}.micro_batch_size" if "micro_batch_size" in shape
+                   else _option_key(config, kind, "micro_batch_size"))
+            raise ConfigError(
+                f"config key '{key}': micro_batch_size {micro} does not divide the {share} sequences each of the "
+                f"{processes} trainer processes of a {kind} job takes of batch_size {batch_size} (size "
+                f"{shape['name']}); choose a divisor of {share}"
+            )
 
 
 def _check_snapshots(config: dict) -> None:
@@ -410,17 +422,24 @@ def check_target_size(config: dict, target_train_chars: int) -> None:
             )
 
 
+SHAPE_KEYS = ("n_layer", "d_model", "n_head")
+
+
 def model_shapes(config: dict) -> dict[str, dict]:
-    """Model shapes by size name, in config order."""
-    return {shape["name"]: {k: v for k, v in shape.items() if k != "name"} for shape in config["models"]}
+    """Model shapes (the architecture alone) by size name, in config order."""
+    return {shape["name"]: {k: shape[k] for k in SHAPE_KEYS} for shape in config["models"]}
 
 
-def run_options(config: dict, kind: str) -> dict:
-    """Training options of one kind of run: the shared defaults, then that kind's overrides."""
+def run_options(config: dict, kind: str, size: str | None = None) -> dict:
+    """Training options of one kind of run: the shared defaults, then that kind's overrides, then (given the
+    size) the size's own micro-batch, since memory per GPU depends on the model more than on the kind."""
     if kind not in TRAINING_KINDS:
         raise ConfigError(f"unknown run kind {kind!r}; expected one of {TRAINING_KINDS}")
     options = dict(config["training"])
     options.update(config.get(kind, {}).get("options", {}))
+    shape = next((shape for shape in config["models"] if shape["name"] == size), {})
+    if "micro_batch_size" in shape:
+        options["micro_batch_size"] = shape["micro_batch_size"]
     if kind == "pretrain" and "tokens" in config.get("pretrain", {}):
         tokens_per_step = options["batch_size"] * config["context"]
         options["max_steps"] = max(1, math.ceil(config["pretrain"]["tokens"] / tokens_per_step))

@@ -2,7 +2,8 @@
 
 Pre-LayerNorm blocks, causal ``scaled_dot_product_attention``, a 4x GELU MLP and an output head tied
 to the token embedding. ``n_params`` counts non-embedding parameters, the N of the scaling laws.
-The module knows nothing of data or of the engine that trains it.
+The module knows nothing of data or of the engine that trains it; how it spends memory (a chunked loss,
+recomputed activations) is set apart from its architecture, and changes no result beyond rounding.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import check_heads
 from .io import atomic_path
+from .loss import chunked_cross_entropy
 
 EMBEDDING_PREFIXES = ("tok_emb.", "pos_emb.")
 INIT_STD = 0.02
@@ -84,9 +87,15 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    """``loss_chunk_tokens`` > 0: the training loss runs the head over that many positions at a time and
+    returns no logits (loss.py); ``activation_checkpointing``: each block's activations are recomputed in the
+    backward pass instead of kept, for models whose activations outgrow the accelerator."""
+
+    def __init__(self, config: GPTConfig, loss_chunk_tokens: int = 0, activation_checkpointing: bool = False) -> None:
         super().__init__()
         self.config = config
+        self.loss_chunk_tokens = loss_chunk_tokens
+        self.activation_checkpointing = activation_checkpointing
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.n_ctx, config.d_model)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
@@ -106,15 +115,20 @@ class GPT(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every position; with targets, also the mean cross-entropy in nats per token."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Logits for every position; with targets, also the mean cross-entropy in nats per token (and no
+        logits when the loss is chunked)."""
         time = idx.shape[1]
         if time > self.config.n_ctx:
             raise ValueError(f"sequence length {time} exceeds n_ctx={self.config.n_ctx}")
         x = self.tok_emb(idx) + self.pos_emb(torch.arange(time, device=idx.device))
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
-        logits = F.linear(self.ln_f(x), self.tok_emb.weight)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+        hidden = self.ln_f(x)
+        if targets is not None and self.loss_chunk_tokens:
+            return None, chunked_cross_entropy(hidden, self.tok_emb.weight, targets, self.loss_chunk_tokens)
+        logits = F.linear(hidden, self.tok_emb.weight)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))

@@ -137,6 +137,12 @@ def _optional_steps(key: str, value: Any) -> int | None:
     return None if value is None else _integer(1)(key, value)
 
 
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"spec key {key!r} must be true or false, got {value!r}")
+    return value
+
+
 def _step_list(key: str, value: Any) -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)):
         raise SpecError(f"spec key {key!r} must be a list of steps, got {value!r}")
@@ -173,13 +179,23 @@ SPEC_CHECKS: dict[str, Check] = {
     "zero_stage": _integer(0, ZERO_STAGES),
     "stop_after_steps": _optional_steps,
     "snapshot_steps": _step_list,
+    "micro_batch_size": _optional_steps,
+    "loss_chunk_tokens": _integer(0),
+    "activation_checkpointing": _boolean,
+    "compile": _boolean,
+    "deterministic": _boolean,
 }
-OPTIONAL_KEYS = {"stop_after_steps": None, "snapshot_steps": ()}
+OPTIONAL_KEYS = {"stop_after_steps": None, "snapshot_steps": (), "micro_batch_size": None, "loss_chunk_tokens": 0,
+                 "activation_checkpointing": False, "compile": False, "deterministic": True}
 
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """A validated training spec; ``stop_after_steps`` simulates an interruption (tests only)."""
+    """A validated training spec; ``stop_after_steps`` simulates an interruption (tests only).
+
+    The last five keys decide how a step is computed, not what it computes: ``micro_batch_size`` splits each
+    process's share of the batch for gradient accumulation (None: one micro-batch), ``loss_chunk_tokens`` chunks
+    the loss (0: plain), then activation checkpointing, torch.compile, and deterministic kernels."""
 
     kind: str
     model: GPTConfig
@@ -207,6 +223,11 @@ class TrainSpec:
     zero_stage: int
     stop_after_steps: int | None = None
     snapshot_steps: tuple[int, ...] = ()
+    micro_batch_size: int | None = None
+    loss_chunk_tokens: int = 0
+    activation_checkpointing: bool = False
+    compile: bool = False
+    deterministic: bool = True
 
 
 def parse_spec(spec: dict) -> TrainSpec:
@@ -221,6 +242,9 @@ def parse_spec(spec: dict) -> TrainSpec:
     run = TrainSpec(**values)
     if min_steps_beyond_cap(values):
         raise SpecError(f"spec key 'min_steps' ({run.min_steps}) exceeds 'max_steps' ({run.max_steps})")
+    if run.micro_batch_size is not None and run.batch_size % run.micro_batch_size:
+        raise SpecError(f"spec key 'micro_batch_size' ({run.micro_batch_size}) does not divide 'batch_size' "
+                        f"({run.batch_size})")
     if run.snapshot_steps and run.snapshot_steps[-1] > run.max_steps:
         raise SpecError(f"spec key 'snapshot_steps': step {run.snapshot_steps[-1]} is beyond max_steps "
                         f"({run.max_steps})")
@@ -361,14 +385,28 @@ def make_optimizer(model: torch.nn.Module, lr: float, betas: tuple[float, float]
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
+def micro_batches(batch_size: int, world_size: int, micro_batch_size: int | None) -> tuple[int, int]:
+    """(micro-batch, accumulation steps) of each process: its equal share of the global batch, split into
+    micro-batches of ``micro_batch_size`` sequences (None: the whole share at once)."""
+    if batch_size % world_size:
+        raise SpecError(f"spec key 'batch_size' ({batch_size}) is not divisible by the world size ({world_size})")
+    share = batch_size // world_size
+    micro = min(micro_batch_size or share, share)
+    if share % micro:
+        raise SpecError(f"spec key 'micro_batch_size' ({micro_batch_size}) does not divide the {share} sequences "
+                        f"of each of the {world_size} processes ('batch_size' {batch_size})")
+    return micro, share // micro
+
+
 def deepspeed_config(batch_size: int, world_size: int, grad_clip: float, zero_stage: int, precision: str,
-                     total_params: int) -> dict:
+                     total_params: int, micro_batch_size: int | None = None) -> dict:
     """ZeRO buckets sized to the model: the 5e8-element defaults are allocated every step, slow on CPU."""
     bucket = min(int(5e8), total_params)
+    micro, accumulation = micro_batches(batch_size, world_size, micro_batch_size)
     return {
         "train_batch_size": batch_size,
-        "train_micro_batch_size_per_gpu": batch_size // world_size,
-        "gradient_accumulation_steps": 1,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
         "gradient_clipping": grad_clip,
         "zero_optimization": {"stage": zero_stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket,
                               "stage3_prefetch_bucket_size": bucket},
@@ -378,12 +416,13 @@ def deepspeed_config(batch_size: int, world_size: int, grad_clip: float, zero_st
     }
 
 
-def seed_everything(seed: int, threads: int) -> None:
-    """Same spec and seed -> same losses bit for bit (on CPU; GPU kernels are as deterministic as torch allows)."""
+def seed_everything(seed: int, threads: int, deterministic: bool = True) -> None:
+    """Same spec and seed -> same losses bit for bit (on CPU; GPU kernels are as deterministic as torch allows,
+    and only with ``deterministic``, which forbids the faster non-deterministic GPU kernels)."""
     torch.set_num_threads(threads)
-    if torch.cuda.is_available():
+    if deterministic and torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -445,27 +484,26 @@ class Trainer:
         self.store_dir = single_process_env()
         self.world_size = int(os.environ["WORLD_SIZE"])
         self.rank = int(os.environ["RANK"])
-        if run.batch_size % self.world_size:
-            raise SpecError(f"spec key 'batch_size' ({run.batch_size}) is not divisible by the world size "
-                            f"({self.world_size})")
-        self.micro_batch = run.batch_size // self.world_size
-        seed_everything(run.seed, run.threads)
+        self.micro_batch, self.accumulation = micro_batches(run.batch_size, self.world_size, run.micro_batch_size)
+        seed_everything(run.seed, run.threads, run.deterministic)
         self.train_tokens = load_tokens(run.train_tokens, run.model, "train_tokens")
         self.val_tokens = load_tokens(run.val_tokens, run.model, "val_tokens")
         self.val_starts = validation_starts(len(self.val_tokens), run.model.n_ctx, run.eval_tokens)
-        model = GPT(run.model)
+        model = GPT(run.model, run.loss_chunk_tokens, run.activation_checkpointing)
         if run.init_from is not None:
             check_sha256_sidecar(run.init_from)
             load_weights(model, run.init_from)
         self.n_params = n_params(model)
         self.optimizer = make_optimizer(model, run.lr, run.betas, run.weight_decay)
         config = deepspeed_config(run.batch_size, self.world_size, run.grad_clip, run.zero_stage, run.precision,
-                                  sum(p.numel() for p in model.parameters()))
+                                  sum(p.numel() for p in model.parameters()), run.micro_batch_size)
         warnings.filterwarnings("ignore", message=".*(reduce_scatter_tensor|all_gather_into_tensor).* deprecated",
                                 category=FutureWarning)
         self.engine, *_ = self.deepspeed.initialize(model=model, optimizer=self.optimizer, config=config)
         if run.zero_stage == 3:
             self.deepspeed.zero.register_external_parameter(self.engine.module, self.engine.module.tok_emb.weight)
+        if run.compile:
+            self.engine.compile()
         self.is_main = self.engine.global_rank == 0
         self.checkpoints = Checkpoints(self.engine, self.layout, self.is_main, self.barrier)
         self.metrics: Any = None
@@ -488,15 +526,21 @@ class Trainer:
             group["lr"] = lr
 
     def train_step(self, cooldown: Cooldown | None) -> None:
+        """One optimizer step: this rank's share of the global batch of (seed, step), in micro-batches whose
+        gradients DeepSpeed averages (it scales each loss by 1 / accumulation and steps at the boundary)."""
         run, step = self.run, self.progress.step
         self.set_lr(learning_rate(run, step, cooldown))
         starts = batch_starts(run.seed, step, len(self.train_tokens), run.model.n_ctx, run.batch_size)
-        mine = starts[self.rank * self.micro_batch:(self.rank + 1) * self.micro_batch]
-        x, y = windows(self.train_tokens, mine, run.model.n_ctx)
-        _, loss = self.engine(x.to(self.engine.device), y.to(self.engine.device))
-        self.engine.backward(loss)
-        self.engine.step()
-        self.pending.append((step, loss.detach()))
+        share = self.micro_batch * self.accumulation
+        mine = starts[self.rank * share:(self.rank + 1) * share]
+        losses = []
+        for begin in range(0, share, self.micro_batch):
+            x, y = windows(self.train_tokens, mine[begin:begin + self.micro_batch], run.model.n_ctx)
+            _, loss = self.engine(x.to(self.engine.device), y.to(self.engine.device))
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.detach())
+        self.pending.append((step, losses[0] if len(losses) == 1 else torch.stack(losses).mean()))
         self.progress.step += 1
         self.progress.steps_trained += 1
 
@@ -717,6 +761,7 @@ class Trainer:
             "stop_reason": stop_reason, "wall_seconds": progress.wall_seconds,
             "tokens_per_second": self.tokens_seen / progress.wall_seconds,
             "seed": run.seed, "status": "ok" if error is None else "failed",
+            "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         }
         if error is None:
             self.check_replicas_agree()

@@ -138,7 +138,7 @@ def run_settings(kind, wildcards):
     return {
         "kind": kind,
         "model": model_shape(wildcards.size),
-        "options": run_options(config, kind),
+        "options": run_options(config, kind, wildcards.size),
         "seed": seed,
         "package_version": transfer_scaling.__version__,
     }
