@@ -12,6 +12,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 from transfer_scaling.config import ConfigError, load_schema, validate_config
+from transfer_scaling.data.sources import check_config_paths
 
 min_version("9.0")
 
@@ -19,6 +20,7 @@ configfile: "config.yaml"
 
 try:
     validate_config(config, load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"))
+    check_config_paths(config)
 except ConfigError as error:
     raise WorkflowError(f"invalid configuration: {error}") from None
 

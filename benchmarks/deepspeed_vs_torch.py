@@ -21,9 +21,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from transfer_scaling.model import GPT, GPTConfig
-from transfer_scaling.training import (batch_starts, deepspeed_config, import_deepspeed, make_optimizer,
-                                       seed_everything, single_process_env, windows)
+from transfer_scaling.train.model import GPT, GPTConfig
+from transfer_scaling.train.engine import deepspeed_config, import_deepspeed, make_optimizer, seed_everything, single_process_env
+from transfer_scaling.train.schedule import batch_starts, windows
 
 EOT_ID = 256
 LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 1e-3, (0.9, 0.95), 0.1, 1.0

@@ -27,12 +27,13 @@ from pathlib import Path
 import yaml
 
 import transfer_scaling
-from transfer_scaling.config import load_schema, model_shapes, run_options, validate_config
-from transfer_scaling.corpora import make_subset
-from transfer_scaling.evaluation import evaluate
+from transfer_scaling.config import load_schema, validate_config
+from transfer_scaling.plan import model_shapes, run_options
+from transfer_scaling.data.subsets import make_subset
+from transfer_scaling.evaluate.heldout import evaluate
 from transfer_scaling.logs import log_to_file
 from transfer_scaling.runs import run_record
-from transfer_scaling.training import train
+from transfer_scaling.train.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_launch import start_launcher, wait_for_metrics  # noqa: E402
 from test_training import make_spec, write_bytes_tokens  # noqa: E402
 
-from transfer_scaling.training import INTERRUPTED_EXIT_CODE  # noqa: E402
+from transfer_scaling.train.run import INTERRUPTED_EXIT_CODE  # noqa: E402
 
 EXPECTED = (INTERRUPTED_EXIT_CODE, 0)
 

@@ -15,14 +15,16 @@ import os
 import signal
 import sys
 
-from transfer_scaling import training
-from transfer_scaling.checkpoints import Checkpoints
+from transfer_scaling.train import run
+from transfer_scaling.train.checkpoints import Checkpoints
+from transfer_scaling.train.schedule import Cooldown
+from transfer_scaling.train.trainer import Trainer
 
 
 def arm(extra_steps: int) -> None:
     """Wrap checkpoint saving and the training step so that the process kills itself at the chosen step."""
     left: list[int] = []  # steps before the kill, once this process has completed a checkpoint
-    save, train_step = Checkpoints.save, training.Trainer.train_step
+    save, train_step = Checkpoints.save, Trainer.train_step
 
     def count_down() -> None:
         if left[0] == 0:
@@ -35,13 +37,13 @@ def arm(extra_steps: int) -> None:
             left.append(extra_steps)
             count_down()
 
-    def step_then_count(self: training.Trainer, cooldown: training.Cooldown | None) -> None:
+    def step_then_count(self: Trainer, cooldown: Cooldown | None) -> None:
         train_step(self, cooldown)
         if left:
             count_down()
 
     Checkpoints.save = save_then_count
-    training.Trainer.train_step = step_then_count
+    Trainer.train_step = step_then_count
 
 
 def main() -> int:
@@ -49,7 +51,7 @@ def main() -> int:
     parser.add_argument("--extra-steps", type=int, default=0)
     args, trainer_args = parser.parse_known_args()
     arm(args.extra_steps)
-    return training.main(trainer_args)
+    return run.main(trainer_args)
 
 
 if __name__ == "__main__":

@@ -27,15 +27,16 @@ import torch
 
 from test_corpora import SPLITS, random_docs, write_files
 from test_training import make_spec, write_bytes_tokens
-from transfer_scaling import corpora
-from transfer_scaling.checkpoints import CheckpointError
-from transfer_scaling.corpora import CorpusError
-from transfer_scaling.evaluation import evaluate
-from transfer_scaling.io import IntegrityError, directory_manifest, read_json, write_json
-from transfer_scaling.model import WeightsMismatchError
-from transfer_scaling.tokenizer import train_tokenizer
+from transfer_scaling.data import corpora, subsets
+from transfer_scaling.train.checkpoints import CheckpointError
+from transfer_scaling.data.sources import CorpusError
+from transfer_scaling.evaluate.heldout import evaluate
+from transfer_scaling.io import IntegrityError, TableError, directory_manifest, read_json, read_table, write_json
+from transfer_scaling.train.model import WeightsMismatchError
+from transfer_scaling.data.tokenizer import train_tokenizer
 from transfer_scaling.tokens import TokenFileError, write_token_array
-from transfer_scaling.training import TrainingInterrupted, train
+from transfer_scaling.train.loop import TrainingInterrupted
+from transfer_scaling.train.run import train
 
 CHECKPOINT_STEP = 4
 MODEL_STATES = "mp_rank_00_model_states.pt"
@@ -193,19 +194,19 @@ def corpus_too_small_for_splits(inputs, tmp, monkeypatch):
 
 def subset_larger_than_train(inputs, tmp, monkeypatch):
     out = tmp / "out" / "subset.bin"
-    return lambda: corpora.make_subset(inputs.documents, inputs.tokenizer, 10**9, out, seed=0), str(inputs.documents)
+    return lambda: subsets.make_subset(inputs.documents, inputs.tokenizer, 10**9, out, seed=0), str(inputs.documents)
 
 
 def documents_missing(inputs, tmp, monkeypatch):
     missing = tmp / "in" / "documents"
-    return lambda: corpora.tokenize_split(missing, "test", inputs.tokenizer, tmp / "out" / "test.bin"), str(missing)
+    return lambda: subsets.tokenize_split(missing, "test", inputs.tokenizer, tmp / "out" / "test.bin"), str(missing)
 
 
 def tokenizer_truncated(inputs, tmp, monkeypatch):
     tokenizer = tmp / "in" / "tokenizer.json"
     tokenizer.parent.mkdir()
     tokenizer.write_text(inputs.tokenizer.read_text()[:10])
-    return lambda: corpora.tokenize_split(inputs.documents, "test", tokenizer, tmp / "out" / "test.bin"), str(tokenizer)
+    return lambda: subsets.tokenize_split(inputs.documents, "test", tokenizer, tmp / "out" / "test.bin"), str(tokenizer)
 
 
 def token_array_truncated(inputs, tmp, monkeypatch):
@@ -356,3 +357,38 @@ def test_bad_input_is_refused_with_its_message_and_nothing_written(inputs: Input
         assert named in str(refused.value), f"the message does not name {named}: {refused.value}"
     assert files_under(tmp_path / "out") == before, "a refused input left files behind"
 
+
+
+TABLE_FAULTS = [
+    ("empty", b"", "empty file; a table needs at least a header line"),
+    ("blank", b"\n\n  \n", "empty file"),
+    ("binary", bytes(range(256)) * 4, "binary content, not a CSV table"),
+    ("latin1", "run,kind\ncaf\xe9,scratch\n".encode("latin-1"), "not UTF-8 text \\(byte 12\\)"),
+    ("ragged", b'run,kind\n"a,scratch\n', "not a readable CSV table"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", TABLE_FAULTS, ids=[name for name, _, _ in TABLE_FAULTS])
+def test_a_table_that_is_not_a_csv_is_named_in_one_line(tmp_path: Path, name: str, content: bytes,
+                                                       message: str) -> None:
+    """Every table the package reads (runs tables, fit tables) goes through io.read_table."""
+    path = tmp_path / f"{name}.csv"
+    path.write_bytes(content)
+    with pytest.raises(TableError, match=message) as refused:
+        read_table(path)
+    assert str(refused.value).startswith(f"{path}: ") and "\n" not in str(refused.value)
+
+
+def test_a_missing_table_and_a_binary_json_file_are_named(tmp_path: Path) -> None:
+    with pytest.raises(TableError, match=f"{tmp_path / 'runs.csv'}: no such table file"):
+        read_table(tmp_path / "runs.csv")
+    (tmp_path / "fit.json").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'fit.json'}: not valid JSON \\(binary content"):
+        read_json(tmp_path / "fit.json")
+
+
+def test_no_module_reads_a_csv_past_read_table() -> None:
+    package = Path(__file__).resolve().parents[1] / "src" / "transfer_scaling"
+    offences = [f"{path.relative_to(package)}:{number}" for path in sorted(package.rglob("*.py")) if path.name != "io.py"
+                for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if "read_csv(" in line]
+    assert offences == []

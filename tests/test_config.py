@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from conftest import ROOT, SCHEMA, new_study, run_workflow
-from transfer_scaling.config import (
-    ConfigError, check_target_size, load_schema, model_shapes, run_options, step_budget, validate_config,
-)
+from transfer_scaling.config import ConfigError, check_target_size, load_schema, validate_config
+from transfer_scaling.plan import model_shapes, run_options, step_budget
+from transfer_scaling.data.sources import check_config_paths
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +152,10 @@ def test_default_config_is_valid(default_config, schema):
 
 @pytest.mark.parametrize("key,value,message", BAD_CONFIGS, ids=[f"{k}={v!r}" for k, v, _ in BAD_CONFIGS])
 def test_bad_config_names_key_and_value(default_config, schema, key, value, message):
+    """Refused by the checks the Snakefile runs before any job: the schema, the cross-key rules, the local paths."""
     _set(default_config, key, value)
     with pytest.raises(ConfigError) as error:
-        validate_config(default_config, schema)
+        check_config_paths(validate_config(default_config, schema))
     assert message in str(error.value)
 
 
@@ -246,4 +247,4 @@ def test_missing_local_corpus_stops_dry_run_and_writes_nothing(tmp_path):
 def test_local_corpus_that_exists_is_valid(default_config, schema):
     default_config["corpora"]["python"]["files"] = [{"local": str(DOCS), "include": ["*.md"]},
                                                     {"local": f"{DOCS}/*.md"}]
-    validate_config(default_config, schema)
+    check_config_paths(validate_config(default_config, schema))

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import yaml
 
-from transfer_scaling import corpora
-from transfer_scaling.corpora import CorpusError
+from transfer_scaling.data import corpora, sources, subsets
+from transfer_scaling.data.sources import CorpusError
 from transfer_scaling.io import read_json, sha256_file, sha256_text
-from transfer_scaling.tokenizer import load_tokenizer, train_tokenizer
+from transfer_scaling.data.tokenizer import load_tokenizer, train_tokenizer
 from transfer_scaling.tokens import load_token_array
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,14 +92,14 @@ def prose_corpus(tmp_path: Path) -> tuple[dict, Path]:
     ("v1.0/*", "v1x0/a", False),
 ])
 def test_glob_regex(pattern: str, path: str, expected: bool) -> None:
-    assert bool(corpora.glob_regex(pattern).match(path)) is expected
+    assert bool(sources.glob_regex(pattern).match(path)) is expected
 
 
 def test_path_matches_applies_excludes() -> None:
     include, exclude = ["package/*.js"], ["package/*.min.js", "package/core.js"]
-    assert corpora.path_matches("package/add.js", include, exclude)
-    assert not corpora.path_matches("package/lodash.min.js", include, exclude)
-    assert not corpora.path_matches("package/core.js", include, exclude)
+    assert sources.path_matches("package/add.js", include, exclude)
+    assert not sources.path_matches("package/lodash.min.js", include, exclude)
+    assert not sources.path_matches("package/core.js", include, exclude)
 
 
 # ------------------------------------------------------------------ cleaning and splitting
@@ -200,24 +200,24 @@ def test_archives_and_globs(tmp_path: Path) -> None:
             archive.addfile(info, stdlib_io.BytesIO(text.encode()))
     for archive_name in ("pkg.zip", "pkg.tar.gz"):
         spec = {"local": str(tmp_path / archive_name), "include": ["pkg/*.js"], "exclude": ["**/*.min.js"]}
-        assert list(corpora.iter_documents(spec)) == [(f"{archive_name}:pkg/a.js", "var a = 1;")]
+        assert list(sources.iter_documents(spec)) == [(f"{archive_name}:pkg/a.js", "var a = 1;")]
 
 
 def test_huggingface_dataset_from_local_json(tmp_path: Path) -> None:
     data = tmp_path / "records.jsonl"
     data.write_text("\n".join(f'{{"body": "record {i}", "id": {i}}}' for i in range(3)))
     spec = {"huggingface": "json", "data_files": str(data), "text_field": "body"}
-    documents = list(corpora.iter_documents(spec, cache_dir=tmp_path / "cache"))
+    documents = list(sources.iter_documents(spec, cache_dir=tmp_path / "cache"))
     assert documents == [(f"json/train[{i}]", f"record {i}") for i in range(3)]
     with pytest.raises(CorpusError, match="text_field='text' is not among its columns"):
-        list(corpora.iter_documents({**spec, "text_field": "text"}, cache_dir=tmp_path / "cache"))
+        list(sources.iter_documents({**spec, "text_field": "text"}, cache_dir=tmp_path / "cache"))
 
 
 def test_unreachable_huggingface_dataset_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(CorpusError, match="'no-such-user/no-such-dataset'.*offline mode is on"):
-        list(corpora.iter_documents({"huggingface": "no-such-user/no-such-dataset"}, cache_dir=tmp_path))
+        list(sources.iter_documents({"huggingface": "no-such-user/no-such-dataset"}, cache_dir=tmp_path))
 
 
 def test_missing_local_path(tmp_path: Path) -> None:
@@ -256,8 +256,8 @@ def test_fetch_reuses_verified_file_without_network(tmp_path: Path, caplog: pyte
     cached.write_bytes(b"pinned bytes")
     spec = {"index": "npm", "package": "not-a-real-package", "version": "0.0.0",
             "sha256": sha256_file(cached), "include": ["**"]}
-    with caplog.at_level(logging.INFO, logger="transfer_scaling.corpora"):
-        assert corpora.fetch_file(spec, tmp_path) == cached
+    with caplog.at_level(logging.INFO, logger="transfer_scaling.data.sources"):
+        assert sources.fetch_file(spec, tmp_path) == cached
     assert "reusing" in caplog.text
 
 
@@ -266,11 +266,11 @@ def test_fetch_verifies_sha256(tmp_path: Path) -> None:
     wrong = {**LODASH, "sha256": "0" * 64}
     with pytest.raises(CorpusError, match=f"npm lodash@4.17.21: lodash-4.17.21.tgz has sha256 {LODASH['sha256']}, "
                                           f"but the config pins {'0' * 64}"):
-        corpora.fetch_file(wrong, tmp_path)
+        sources.fetch_file(wrong, tmp_path)
     assert list((tmp_path / "npm").iterdir()) == [], "a file with the wrong hash was kept"
-    path = corpora.fetch_file(LODASH, tmp_path)
+    path = sources.fetch_file(LODASH, tmp_path)
     assert path == tmp_path / "npm" / "lodash-4.17.21.tgz" and sha256_file(path) == LODASH["sha256"]
-    assert list(corpora.iter_documents(LODASH, path))[0][0] == "lodash-4.17.21.tgz:package/add.js"
+    assert list(sources.iter_documents(LODASH, path))[0][0] == "lodash-4.17.21.tgz:package/add.js"
 
 
 # ------------------------------------------------------------------ mixtures
@@ -306,7 +306,7 @@ def test_mixture_follows_weights_by_characters(tmp_path: Path) -> None:
 
 def test_tokenize_split_metadata(tmp_path: Path, prose_corpus: tuple[dict, Path], byte_tokenizer: Path) -> None:
     meta, documents = prose_corpus
-    record = corpora.tokenize_split(documents, "test", byte_tokenizer, tmp_path / "tokens" / "test.bin")
+    record = subsets.tokenize_split(documents, "test", byte_tokenizer, tmp_path / "tokens" / "test.bin")
     tokens, loaded = load_token_array(tmp_path / "tokens" / "test.bin")
     texts = list(datasets.load_from_disk(str(documents))["test"]["text"])
     assert loaded == record
@@ -348,7 +348,7 @@ def test_subsets_of_one_seed_are_nested_across_d_with_exact_chars(tmp_path: Path
     train_chars = sum(map(len, every_chunk))
     drawn = []
     for d_chars in (100, 1000, 3333, train_chars):
-        record = corpora.make_subset(documents, byte_tokenizer, d_chars, tmp_path / f"{d_chars}.bin", seed=3,
+        record = subsets.make_subset(documents, byte_tokenizer, d_chars, tmp_path / f"{d_chars}.bin", seed=3,
                                      chunk_chars=100)
         chunks = subset_chunks(tmp_path / f"{d_chars}.bin", byte_tokenizer)
         assert record["chars"] == record["d_chars"] == d_chars == sum(map(len, chunks))
@@ -362,7 +362,7 @@ def test_subsets_of_one_seed_are_nested_across_d_with_exact_chars(tmp_path: Path
 
 def test_subset_is_deterministic(tmp_path: Path, prose_corpus: tuple[dict, Path], byte_tokenizer: Path) -> None:
     _, documents = prose_corpus
-    first, second = (corpora.make_subset(documents, byte_tokenizer, 2500, tmp_path / f"{name}.bin", seed=7)
+    first, second = (subsets.make_subset(documents, byte_tokenizer, 2500, tmp_path / f"{name}.bin", seed=7)
                      for name in ("first", "second"))
     assert first == second
     assert (tmp_path / "first.bin").read_bytes() == (tmp_path / "second.bin").read_bytes()
@@ -370,7 +370,7 @@ def test_subset_is_deterministic(tmp_path: Path, prose_corpus: tuple[dict, Path]
 
 def test_subsets_differ_across_seeds(tmp_path: Path, prose_corpus: tuple[dict, Path], byte_tokenizer: Path) -> None:
     _, documents = prose_corpus
-    records = [corpora.make_subset(documents, byte_tokenizer, 2500, tmp_path / f"seed{seed}.bin", seed=seed,
+    records = [subsets.make_subset(documents, byte_tokenizer, 2500, tmp_path / f"seed{seed}.bin", seed=seed,
                                    chunk_chars=100) for seed in (0, 1)]
     assert records[0]["chars"] == records[1]["chars"] == 2500
     assert records[0]["sha256"] != records[1]["sha256"]
@@ -382,7 +382,7 @@ def test_small_subset_draws_chunks_from_many_files(tmp_path: Path, long_files_co
                                                    byte_tokenizer: Path) -> None:
     """A whole-file prefix of 1,000 characters is one file; the chunks of a draw come from several."""
     _, documents = long_files_corpus
-    record = corpora.make_subset(documents, byte_tokenizer, 1000, tmp_path / "small.bin", seed=0, chunk_chars=100)
+    record = subsets.make_subset(documents, byte_tokenizer, 1000, tmp_path / "small.bin", seed=0, chunk_chars=100)
     chunks = subset_chunks(tmp_path / "small.bin", byte_tokenizer)
     assert record["chunks"] == len(chunks) == 10
     assert 5 <= record["source_documents"] <= 10
@@ -394,7 +394,7 @@ def test_subset_larger_than_the_train_split_is_refused(tmp_path: Path, prose_cor
     meta, documents = prose_corpus
     train_chars = meta["splits"]["train"]["chars"]
     with pytest.raises(CorpusError, match=f"d_chars={train_chars + 1} .* holds only {train_chars}"):
-        corpora.make_subset(documents, byte_tokenizer, train_chars + 1, tmp_path / "too_big.bin", seed=0)
+        subsets.make_subset(documents, byte_tokenizer, train_chars + 1, tmp_path / "too_big.bin", seed=0)
     assert not (tmp_path / "too_big.bin").exists()
 
 
@@ -410,7 +410,7 @@ def test_invalid_subset_arguments(tmp_path: Path, prose_corpus: tuple[dict, Path
                                   arguments: dict, message: str) -> None:
     arguments = {"d_chars": 100, "seed": 0, **arguments}
     with pytest.raises(CorpusError, match=message):
-        corpora.make_subset(prose_corpus[1], byte_tokenizer, out_bin=tmp_path / "subset.bin", **arguments)
+        subsets.make_subset(prose_corpus[1], byte_tokenizer, out_bin=tmp_path / "subset.bin", **arguments)
 
 
 # ------------------------------------------------------------------ the real corpora

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from transfer_scaling.corpora import CorpusError
-from transfer_scaling.downstream import (MIN_REFERENCE_CHARS, complete_lines, evaluate_downstream,
+from transfer_scaling.data.sources import CorpusError
+from transfer_scaling.evaluate.downstream import (MIN_REFERENCE_CHARS, complete_lines, evaluate_downstream,
                                          load_tasks_from_documents, make_line_completion_tasks, score_completions)
 from transfer_scaling.io import write_json
-from transfer_scaling.model import GPT, GPTConfig, n_params, save_weights
-from transfer_scaling.tokenizer import BYTE_EOT_ID, BYTE_VOCAB_SIZE, ByteTokenizer, train_tokenizer
+from transfer_scaling.train.model import GPT, GPTConfig, n_params, save_weights
+from transfer_scaling.plan import BYTE_VOCAB_SIZE
+from transfer_scaling.data.tokenizer import BYTE_EOT_ID, ByteTokenizer, train_tokenizer
 
 PROGRAM = "def add(a, b):\n    return a + b\n"
 DOCUMENTS = [

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from transfer_scaling.evaluation import evaluate
+from transfer_scaling.evaluate.heldout import evaluate
 from transfer_scaling.io import write_json
-from transfer_scaling.model import GPT, GPTConfig, save_weights
+from transfer_scaling.train.model import GPT, GPTConfig, save_weights
 from transfer_scaling.tokens import write_token_array
-from transfer_scaling.training import train
+from transfer_scaling.train.run import train
 
 EOT_ID = 256
 MODEL = {"n_layer": 1, "d_model": 32, "n_head": 2, "n_ctx": 32, "vocab_size": 257}

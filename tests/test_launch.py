@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from test_training import data, make_spec, read_metrics  # noqa: F401  (data is a fixture)
-from transfer_scaling import launch
+from transfer_scaling.train import launch
 from transfer_scaling.io import read_json
-from transfer_scaling.launch import Allocation, LaunchError
-from transfer_scaling.training import INTERRUPTED_EXIT_CODE, train
+from transfer_scaling.train.launch import Allocation, LaunchError
+from transfer_scaling.train.run import INTERRUPTED_EXIT_CODE, train
 
 TWO_NODES = {"SLURM_JOB_ID": "4321", "SLURM_JOB_NODELIST": "gpu01,gpu02", "SLURM_GPUS_ON_NODE": "4"}
 
@@ -60,7 +60,7 @@ def test_nproc_below_one_is_refused() -> None:
 def test_one_node_runs_torchrun_standalone() -> None:
     args = launch.torchrun_args(2, None, Path("s.json"), Path("run"))
     assert args[:3] == ["--standalone", "--nnodes", "1"]
-    assert args[-6:] == ["--module", "transfer_scaling.training", "--spec", "s.json", "--out", "run"]
+    assert args[-6:] == ["--module", "transfer_scaling.train", "--spec", "s.json", "--out", "run"]
 
 
 def test_several_nodes_meet_at_the_head_node() -> None:
@@ -91,7 +91,7 @@ def start_launcher(spec: dict, out: Path, nproc: int) -> subprocess.Popen:
     spec_path.write_text(json.dumps(spec))
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("SLURM_") and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    command = [sys.executable, "-m", "transfer_scaling.launch", "--nproc", str(nproc), "--spec", str(spec_path),
+    command = [sys.executable, "-m", "transfer_scaling.train.launch", "--nproc", str(nproc), "--spec", str(spec_path),
                "--out", str(out)]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from transfer_scaling.config import non_embedding_params
-from transfer_scaling.model import GPT, GPTConfig, WeightsMismatchError, load_weights, n_params, save_weights
+from transfer_scaling.plan import non_embedding_params
+from transfer_scaling.train.model import GPT, GPTConfig, WeightsMismatchError, load_weights, n_params, save_weights
 
 SHAPES = [(1, 16, 2), (2, 32, 4), (3, 48, 3), (4, 64, 8), (2, 112, 4), (6, 256, 8)]
 

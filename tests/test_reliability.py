@@ -25,12 +25,12 @@ import pytest
 
 from conftest import SNAKEMAKE, ROOT, new_study, run_workflow
 from test_training import data, make_spec, read_metrics, run_cli, without_timing  # noqa: F401 (data: fixture)
-from transfer_scaling import training
-from transfer_scaling.evaluation import evaluate
+from transfer_scaling.evaluate.heldout import evaluate
 from transfer_scaling.io import read_json
-from transfer_scaling.model import GPT, GPTConfig, save_weights
+from transfer_scaling.train.model import GPT, GPTConfig, save_weights
 from transfer_scaling.tokens import write_token_array
-from transfer_scaling.training import DeviceError, train
+from transfer_scaling.train.engine import DeviceError, import_deepspeed
+from transfer_scaling.train.run import train
 
 SMOKE = ("--configfile", "presets/smoke.yaml")
 LOSS_COLUMNS = ["run", "test_loss", "test_loss_per_token", "best_val_loss", "steps", "best_step", "tokens_seen"]
@@ -58,7 +58,7 @@ def wait_for_checkpoint(run_dir: Path, step: int, process: subprocess.Popen, tim
 APPEND_ONLY = {
     ("logs.py", "open"): "a job's log, appended line by line, kept across reruns",
     ("launch.py", "open"): "the same job log, appended by the ranks a launcher starts",
-    ("training.py", "open"): "metrics.jsonl, appended per event; a resume restores the checkpoint's copy",
+    ("loop.py", "open"): "metrics.jsonl, appended per event; a resume restores the checkpoint's copy",
 }
 DIRECT_WRITES = {"open", "write_text", "write_bytes", "torch.save", "np.save", "numpy.save", "json.dump"}
 
@@ -82,7 +82,7 @@ def direct_writes(path: Path) -> list[tuple[str, int]]:
 def test_package_writes_files_only_through_the_atomic_helpers() -> None:
     """io.atomic_path/atomic_open/write_json are the only writers, besides the two append-only streams."""
     package = ROOT / "src" / "transfer_scaling"
-    offences = [f"{path.name}:{line} {name}" for path in sorted(package.glob("*.py")) if path.name != "io.py"
+    offences = [f"{path.name}:{line} {name}" for path in sorted(package.rglob("*.py")) if path.name != "io.py"
                 for name, line in direct_writes(path) if (path.name, name) not in APPEND_ONLY]
     assert offences == []
     io_writes = direct_writes(package / "io.py")
@@ -183,7 +183,7 @@ def test_gpus_granted_but_not_usable_are_refused_before_training(data, tmp_path,
 
 def test_bf16_on_an_accelerator_without_it_is_refused(data, tmp_path, monkeypatch) -> None:
     """No accelerator here lacks bf16 (the CPU has it), so this one case stands in for an old GPU."""
-    accelerator = training.import_deepspeed().get_accelerator()
+    accelerator = import_deepspeed().get_accelerator()
     monkeypatch.setattr(accelerator, "is_bf16_supported", lambda: False)
     with pytest.raises(DeviceError, match="'precision' is 'bf16', but the cpu accelerator .* use precision fp32"):
         train(make_spec(data, precision="bf16"), tmp_path / "run")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from test_config import study_config
-from transfer_scaling.config import model_shapes, non_embedding_params
-from transfer_scaling.model import GPT, GPTConfig
+from transfer_scaling.plan import model_shapes, non_embedding_params
+from transfer_scaling.train.model import GPT, GPTConfig
 from transfer_scaling.resources import (
     SMALL_JOBS, evaluation_gpus, evaluation_group, evaluation_mem_mb, evaluation_runtime, total_params,
     training_group, training_mem_mb, training_placement, training_runtime, vocab_size,

@@ -14,9 +14,10 @@ import torch
 
 from conftest import ROOT, new_study, run_workflow
 from test_training import make_spec, write_bytes_tokens
-from transfer_scaling.checkpoints import CheckpointError
+from transfer_scaling.train.checkpoints import CheckpointError
 from transfer_scaling.io import directory_manifest, read_json, write_json
-from transfer_scaling.training import TrainingInterrupted, train
+from transfer_scaling.train.loop import TrainingInterrupted
+from transfer_scaling.train.run import train
 
 PACKAGE = ROOT / "src" / "transfer_scaling"
 WORKFLOW_FILES = [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]
@@ -78,7 +79,7 @@ def keyword(call: ast.Call, name: str) -> str | None:
 def test_package_never_unpickles_untrusted_data() -> None:
     """Weights go through safetensors; the one torch.load (checkpoint verification) is weights_only=True."""
     offences = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         for call in calls(ast.parse(path.read_text(encoding="utf-8"))):
             name = call_name(call)
             where = f"{path.name}:{call.lineno} {name}"
@@ -99,7 +100,7 @@ def test_no_config_string_reaches_a_shell() -> None:
                    if re.match(r"\s+(shell|run):", line)]
     assert shell_rules == []
     offences = []
-    for path in sorted(PACKAGE.glob("*.py")) + sorted((ROOT / "workflow" / "scripts").glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")) + sorted((ROOT / "workflow" / "scripts").glob("*.py")):
         for call in calls(ast.parse(path.read_text(encoding="utf-8"))):
             name = call_name(call)
             if name in ("os.system", "os.popen") or keyword(call, "shell") not in (None, "False"):

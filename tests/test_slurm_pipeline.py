@@ -17,7 +17,7 @@ from conftest import SNAKEMAKE, ROOT, new_study, run_workflow
 from slurm_cluster import SlurmCluster, slurm_cluster, wait_until  # noqa: F401  (fixture)
 from test_training import read_metrics, without_timing
 from transfer_scaling.io import read_json
-from transfer_scaling.training import INTERRUPTED_EXIT_CODE, train
+from transfer_scaling.train.run import INTERRUPTED_EXIT_CODE, train
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

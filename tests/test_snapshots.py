@@ -9,9 +9,12 @@ import pytest
 from safetensors.torch import load_file
 
 from test_training import data, make_spec  # noqa: F401  (the module-scoped token fixture)
-from transfer_scaling.config import ConfigError, snapshot_steps
+from transfer_scaling.config import ConfigError
+from transfer_scaling.plan import snapshot_steps
 from transfer_scaling.layout import RunLayout
-from transfer_scaling.training import SpecError, TrainingInterrupted, parse_spec, train
+from transfer_scaling.train.loop import TrainingInterrupted
+from transfer_scaling.train.run import train
+from transfer_scaling.train.spec import SpecError, parse_spec
 
 SNAPSHOTS = [3, 10, 30]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transfer_scaling import corpora
+from transfer_scaling.data import corpora
 from transfer_scaling.io import sha256_file
-from transfer_scaling.tokenizer import TokenizerError, load_tokenizer, take_chars, train_tokenizer
+from transfer_scaling.data.tokenizer import TokenizerError, load_tokenizer, take_chars, train_tokenizer
 
 SAMPLES = [
     "",

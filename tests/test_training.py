@@ -18,13 +18,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from transfer_scaling import training
 from transfer_scaling.io import read_json
-from transfer_scaling.model import GPT, GPTConfig, WeightsMismatchError, load_weights
+from transfer_scaling.train.model import GPT, GPTConfig, WeightsMismatchError, load_weights
 from transfer_scaling.tokens import load_token_array, write_token_array
-from transfer_scaling.training import (DIVERGED, SpecError, TrainingDiverged, TrainingInterrupted, batch_starts,
-                                       cooldown_from, learning_rate, parse_spec, train, validation_starts,
-                                       windows)
+from transfer_scaling.train.loop import DIVERGED, TrainingInterrupted
+from transfer_scaling.train.engine import micro_batches
+from transfer_scaling.train.run import INTERRUPTED_EXIT_CODE, train
+from transfer_scaling.train.schedule import batch_starts, cooldown_from, learning_rate, validation_starts, windows
+from transfer_scaling.train.spec import SpecError, parse_spec
+from transfer_scaling.train.trainer import TrainingDiverged
 
 EOT_ID = 256
 TIMING_KEYS = ("wall_seconds", "tokens_per_second")
@@ -303,7 +305,7 @@ def test_micro_batch_that_does_not_divide_a_ranks_share_is_refused(data, tmp_pat
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SpecError, match="'micro_batch_size' \\(4\\) does not divide the 6 sequences of each of the 2"):
         train(make_spec(data, micro_batch_size=4, batch_size=12), tmp_path / "run")
-    assert training.micro_batches(12, 2, 32) == (6, 1), "a micro-batch above a rank's share takes the share"
+    assert micro_batches(12, 2, 32) == (6, 1), "a micro-batch above a rank's share takes the share"
 
 
 def losses_of(run_dir: Path) -> list[float]:
@@ -343,7 +345,7 @@ def run_cli(spec: dict, out: Path, launcher: list[str]) -> subprocess.Popen:
     spec_path = out.parent / f"{out.name}.json"
     spec_path.write_text(json.dumps(spec))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    command = [*launcher, "-m", "transfer_scaling.training", "--spec", str(spec_path), "--out", str(out)]
+    command = [*launcher, "-m", "transfer_scaling.train", "--spec", str(spec_path), "--out", str(out)]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -369,7 +371,7 @@ def test_sigterm_checkpoints_and_exits_for_resume(data, tmp_path) -> None:
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=60)
-    assert process.returncode == training.INTERRUPTED_EXIT_CODE, output
+    assert process.returncode == INTERRUPTED_EXIT_CODE, output
     assert "received SIGTERM" in output and "rerun to resume" in output
     assert read_json(tmp_path / "run/checkpoint/complete.json")["step"] > 0
 
@@ -421,7 +423,8 @@ def test_deepspeed_op_probe_prints_no_linker_error(data, tmp_path) -> None:
         import sys
         from transfer_scaling.io import read_json
         from transfer_scaling.logs import log_to_file
-        from transfer_scaling.training import import_deepspeed, train_to_exit_code
+        from transfer_scaling.train.engine import import_deepspeed
+        from transfer_scaling.train.run import train_to_exit_code
         log_to_file({str(tmp_path / "job.log")!r})
         import_deepspeed()
         sys.exit(train_to_exit_code(read_json({str(spec)!r}), {str(tmp_path / "run")!r}))

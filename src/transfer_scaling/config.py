@@ -2,8 +2,9 @@
 
 The JSON schema (workflow/schemas/config.schema.yaml) types every key; this module turns the first
 violation into one readable message (key, value, what is allowed), fills the schema's defaults, and
-adds the checks a schema cannot express: across keys, and against the local files the corpora name. A bad
-config therefore fails in seconds with nothing written, instead of hours later inside a job.
+adds the checks a schema cannot express, across keys (the local files the corpora name are checked by
+data.sources.check_config_paths). A bad config therefore fails in seconds with nothing written, instead of hours
+later inside a job. What a valid config implies for each run is plan.py's.
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from .plan import (TRAINING_KINDS, ConfigError, check_heads, corpus_parts, data_sizes, min_steps_beyond_cap,
+                   non_embedding_params, run_options, trainer_processes)
+
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 """The schema of the checkout the package is installed from (editable: scripts/setup.sh, envs/)."""
-TRAINING_KINDS = ("pretrain", "finetune", "scratch")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key, the value and what is allowed."""
 
 
 def load_schema(path: str | Path) -> dict:
@@ -81,8 +80,9 @@ def validate_config(config: dict, schema: dict) -> dict:
 
 
 def check_cross_fields(config: dict) -> None:
-    """Every fault the config reveals on its own (names, files, settings that contradict each other or make runs
-    meaningless), so that it stops the workflow when the Snakefile is parsed rather than inside a job."""
+    """Every fault the config reveals on its own (names, settings that contradict each other or make runs
+    meaningless), so that it stops the workflow when the Snakefile is parsed rather than inside a job. The local
+    files it names are the data stage's to check (data.sources.check_config_paths, also called then)."""
     _check_mixtures(config["corpora"])
     _check_target_and_sources(config)
     _check_models(config["models"])
@@ -92,9 +92,8 @@ def check_cross_fields(config: dict) -> None:
         _check_batches(config, kind)
     _check_snapshots(config)
     _check_pretraining_data(config)
-    _check_data_sizes(config)
+    _checkdata_sizes(config)
     _check_splits(config["splits"])
-    _check_local_files(config)
 
 
 def _check_mixtures(corpora: dict) -> None:
@@ -136,11 +135,6 @@ def _content(spec: dict) -> str:
     return json.dumps({**spec, "description": None, "cleaner": spec.get("cleaner", "plain")}, sort_keys=True)
 
 
-def _parts(corpora: dict, name: str) -> list[str]:
-    """The corpora of files that ``name`` is built from: itself, or a mixture's components."""
-    return list(corpora[name].get("mixture", [name]))
-
-
 def _named(corpus: str, part: str) -> str:
     return repr(corpus) if corpus == part else f"{corpus!r} (through {part!r})"
 
@@ -164,8 +158,8 @@ def _check_target_and_sources(config: dict) -> None:
 
 def _check_source_apart_from_target(corpora: dict, source: str, target: str) -> None:
     """Pretraining on the target's own documents (a copy under another name, or in a mixture) is no transfer."""
-    target_parts = {_content(corpora[part]): part for part in _parts(corpora, target)}
-    for part in _parts(corpora, source):
+    target_parts = {_content(corpora[part]): part for part in corpus_parts(corpora, target)}
+    for part in corpus_parts(corpora, source):
         shared = target_parts.get(_content(corpora[part]))
         if shared is not None:
             raise ConfigError(
@@ -183,21 +177,6 @@ def _check_sources_differ(corpora: dict, sources: list[str]) -> None:
             raise ConfigError(
                 f"config key 'sources': {earlier!r} and {source!r} are the same corpus under two names"
             )
-
-
-def non_embedding_params(shape: dict) -> int:
-    """N of the scaling laws: 12 L d^2 + 13 L d + 2 d (README, "Configuration")."""
-    layers, width = shape["n_layer"], shape["d_model"]
-    return 12 * layers * width**2 + 13 * layers * width + 2 * width
-
-
-def check_heads(d_model: int, n_head: int) -> None:
-    """Attention splits d_model evenly across its heads: the one statement of the rule, which model.GPTConfig
-    applies to every model built and the config check to every size before a job runs (without importing torch)."""
-    if d_model % n_head:
-        raise ValueError(
-            f"d_model {d_model} is not divisible by n_head {n_head}; choose n_head among the divisors of d_model"
-        )
 
 
 def _check_models(models: list[dict]) -> None:
@@ -239,13 +218,6 @@ def _check_overrides_reach_jobs(config: dict, kind: str) -> None:
         )
 
 
-def min_steps_beyond_cap(options: dict) -> bool:
-    """True when min_steps (no early stop before it) exceeds max_steps (the step cap), which would end the run before
-    early stopping could. The one statement of the rule: the config check applies it to every kind of run, and
-    training.parse_spec to each run's spec."""
-    return options["min_steps"] > options["max_steps"]
-
-
 def _check_schedule(config: dict, kind: str) -> None:
     """Step settings of one kind of run that contradict its step cap or its context window. Fine-tuning and
     from-scratch runs are data-limited: early stopping on validation loss is what ends them at their best."""
@@ -264,21 +236,6 @@ def _check_schedule(config: dict, kind: str) -> None:
     for name, bad, why in problems:
         if bad:
             raise ConfigError(f"config key '{_option_key(config, kind, name)}': {name} {options[name]} {why}")
-
-
-def training_gpus(config: dict, kind: str) -> tuple[int, int]:
-    """(GPUs per node, nodes) of one training job of ``kind``: pretraining's own (pretrain.gpus, which defaults to
-    cluster.gpus_per_job, and pretrain.nodes), or cluster.gpus_per_job on one node."""
-    gpus = config["cluster"]["gpus_per_job"]
-    if kind != "pretrain":
-        return gpus, 1
-    return config["pretrain"].get("gpus", gpus), config["pretrain"]["nodes"]
-
-
-def trainer_processes(config: dict, kind: str) -> tuple[int, int]:
-    """(processes per node, nodes) of one training job of ``kind``: one process per GPU, or one on CPU."""
-    gpus, nodes = training_gpus(config, kind)
-    return max(1, gpus), nodes
 
 
 def _check_batches(config: dict, kind: str) -> None:
@@ -338,20 +295,12 @@ def _check_pretraining_data(config: dict) -> None:
         )
 
 
-def _data_sizes(config: dict) -> dict[str, list[int]]:
-    """Every list of training-data sizes by key: fine-tuning D_F (main study and D_p axis) and scratch D."""
-    sizes = {"finetune.d_f_chars": config["finetune"]["d_f_chars"], "scratch.d_chars": config["scratch"]["d_chars"]}
-    if config.get("pretraining_data"):
-        sizes["pretraining_data.d_f_chars"] = config["pretraining_data"]["d_f_chars"]
-    return sizes
-
-
-def _check_data_sizes(config: dict) -> None:
+def _checkdata_sizes(config: dict) -> None:
     """Data sizes that no run can train on, and fine-tuned points the scratch curves cannot read."""
     if len(config["scratch"]["d_chars"]) < 2:
         raise ConfigError("config key 'scratch.d_chars': needs at least two values per N to interpolate D_E")
     context = config["context"]
-    for key, values in _data_sizes(config).items():
+    for key, values in data_sizes(config).items():
         short = [value for value in values if value < context]
         if short:
             raise ConfigError(
@@ -366,7 +315,7 @@ def _check_scratch_covers_finetuning(config: dict) -> None:
     beyond the largest scratch D is always censored; a D_F above low_data_fraction x that D is always
     high_data, and if every D_F is, no point can enter the fit."""
     largest = max(config["scratch"]["d_chars"])
-    for key, values in _data_sizes(config).items():
+    for key, values in data_sizes(config).items():
         beyond = [value for value in values if value > largest]
         if beyond and key != "scratch.d_chars":
             raise ConfigError(
@@ -391,29 +340,9 @@ def _check_splits(splits: dict) -> None:
         )
 
 
-def _check_local_files(config: dict) -> None:
-    """Local files and dataset paths of the corpora the study builds must exist now, not only in the corpus job."""
-    corpora = config["corpora"]
-    used = {part for name in (config["target"], *config["sources"]) for part in _parts(corpora, name)}
-    for name in sorted(used):
-        for index, file_spec in enumerate(corpora[name]["files"]):
-            if "local" in file_spec or "huggingface" in file_spec:
-                _check_paths(f"corpora.{name}.files.{index}", file_spec)
-
-
-def _check_paths(key: str, file_spec: dict) -> None:
-    # Imported here: corpora imports datasets (about a second), which studies of package files never need.
-    from .corpora import CorpusError, check_paths
-
-    try:
-        check_paths(file_spec)
-    except CorpusError as error:
-        raise ConfigError(f"config key '{key}': {error}") from None
-
-
 def check_target_size(config: dict, target_train_chars: int) -> None:
     """Every D_F and scratch D must fit in the target's training split (known once it is built)."""
-    for key, values in _data_sizes(config).items():
+    for key, values in data_sizes(config).items():
         too_big = [v for v in values if v > target_train_chars]
         if too_big:
             raise ConfigError(
@@ -422,60 +351,3 @@ def check_target_size(config: dict, target_train_chars: int) -> None:
             )
 
 
-SHAPE_KEYS = ("n_layer", "d_model", "n_head")
-
-
-def model_shapes(config: dict) -> dict[str, dict]:
-    """Model shapes (the architecture alone) by size name, in config order."""
-    return {shape["name"]: {k: shape[k] for k in SHAPE_KEYS} for shape in config["models"]}
-
-
-def run_options(config: dict, kind: str, size: str | None = None) -> dict:
-    """Training options of one kind of run: the shared defaults, then that kind's overrides, then (given the
-    size) the size's own micro-batch, since memory per GPU depends on the model more than on the kind."""
-    if kind not in TRAINING_KINDS:
-        raise ConfigError(f"unknown run kind {kind!r}; expected one of {TRAINING_KINDS}")
-    options = dict(config["training"])
-    options.update(config.get(kind, {}).get("options", {}))
-    shape = next((shape for shape in config["models"] if shape["name"] == size), {})
-    if "micro_batch_size" in shape:
-        options["micro_batch_size"] = shape["micro_batch_size"]
-    if kind == "pretrain" and "tokens" in config.get("pretrain", {}):
-        tokens_per_step = options["batch_size"] * config["context"]
-        options["max_steps"] = max(1, math.ceil(config["pretrain"]["tokens"] / tokens_per_step))
-        options["min_steps"] = min(options["min_steps"], options["max_steps"])
-    if kind == "pretrain":
-        options["snapshot_steps"] = snapshot_steps(config.get("pretrain", {}).get("snapshots"), options["max_steps"])
-    return options
-
-
-def snapshot_steps(snapshots: dict | None, max_steps: int) -> list[int]:
-    """Geometrically spaced steps ending at ``max_steps`` (distinct after rounding), or none."""
-    if not snapshots:
-        return []
-    count, orders = snapshots["count"], snapshots["orders"]
-    exponents = [orders * (i / (count - 1) - 1) for i in range(count)]
-    steps = sorted({max(1, round(max_steps * 10**exponent)) for exponent in exponents})
-    if len(steps) < count:
-        raise ConfigError(
-            f"config key 'pretrain.snapshots': {count} points over {orders} orders of magnitude of "
-            f"{max_steps} steps collide after rounding; use fewer points or more pretraining tokens"
-        )
-    return steps
-
-
-def snapshot_tokens(config: dict) -> list[int]:
-    """Tokens seen at each pretraining snapshot (names the D_p points)."""
-    options = run_options(config, "pretrain")
-    return [step * options["batch_size"] * config["context"] for step in options["snapshot_steps"]]
-
-
-def step_budget(options: dict, train_tokens: int, n_ctx: int) -> int:
-    """Step cap of a data-limited run: ``max_epochs`` passes over its data, within [min_steps, max_steps].
-
-    A single cap for every D either wastes compute on tiny subsets or stops large-D runs while they
-    still improve (calibration.md); scaling the cap with the data keeps every run data-limited.
-    """
-    tokens_per_step = options["batch_size"] * n_ctx
-    by_epochs = math.ceil(options["max_epochs"] * train_tokens / tokens_per_step)
-    return int(min(options["max_steps"], max(options["min_steps"], by_epochs, 1)))

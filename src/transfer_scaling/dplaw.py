@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .fitting import load_fit, n_key, to_jsonable
-from .io import write_json
+from .io import read_table, write_json
 from .jointlaw import HUBER_DELTA, grid_then_polish, huber, lse_with_shares
 from .scratch import ScratchCurves, classify_point
 
@@ -345,7 +345,7 @@ def write_dp_analysis(runs_csv: str | os.PathLike, transfer_fit_json: str | os.P
                       out_json: str | os.PathLike) -> dict[str, Any]:
     """The D_p analysis of a snapshot runs table, plus D_T per D_p, written atomically as JSON. Failed runs
     (a diverged fine-tune, ``status`` failed) are listed under ``failed_runs`` and left out of both."""
-    table = pd.read_csv(runs_csv)
+    table = read_table(runs_csv)
     failed = table["status"].eq("failed") if "status" in table.columns else pd.Series(False, index=table.index)
     for run in table.loc[failed, "run"]:
         logger.warning("failed run left out of the D_p analysis: %s", run)

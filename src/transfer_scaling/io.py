@@ -79,12 +79,42 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; a truncated or altered one is reported with its path, not just a line number."""
+    """Parse a JSON file; a truncated, altered or binary one is reported with its path, not just a line number."""
     with open(path, encoding="utf-8") as handle:
         try:
             return json.load(handle)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc}); the file is truncated or altered") from exc
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not valid JSON (binary content, not UTF-8 text)") from None
+
+
+class TableError(ValueError):
+    """A table file is missing, empty, binary or not a CSV; the message names the file."""
+
+
+def read_table(path: str | os.PathLike, **read_csv: Any) -> Any:
+    """A CSV file as a pandas DataFrame, or one line naming the file and what is wrong with it (pandas' own
+    errors name neither the file nor, for binary content, the cause)."""
+    import pandas as pd  # here: the trainer and the data stage import this module without needing pandas
+
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"{path}: no such table file")
+    head = path.read_bytes()[:65536]
+    if not head.strip():
+        raise TableError(f"{path}: empty file; a table needs at least a header line")
+    if b"\0" in head:
+        raise TableError(f"{path}: binary content, not a CSV table")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not only a character cut at the end of the sample
+            raise TableError(f"{path}: not UTF-8 text (byte {exc.start}), not a CSV table") from None
+    try:
+        return pd.read_csv(path, **read_csv)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise TableError(f"{path}: not a readable CSV table ({str(exc).strip().splitlines()[0]})") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

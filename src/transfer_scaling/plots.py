@@ -22,7 +22,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from . import fitting  # noqa: E402
-from .io import atomic_path  # noqa: E402
+from .io import atomic_path, read_table  # noqa: E402
 from .layout import FitLayout  # noqa: E402
 from .dplaw import predict_dp_loss, predict_dp_score  # noqa: E402
 from .jointlaw import predict_chinchilla, predict_kaplan  # noqa: E402
@@ -75,7 +75,7 @@ def read_draws(path: Path) -> pd.DataFrame:
     would come out without their bands and nothing would say why."""
     if not path.exists():
         raise fitting.FitError(f"bootstrap draws not found: {path} (the fit writes them beside transfer_fit.json)")
-    return pd.read_csv(path)
+    return read_table(path)
 
 
 def draw_joint_law(law: dict[str, Any], stem: Path) -> list[Path]:
@@ -327,7 +327,7 @@ def _joint_law_verdict(law: dict[str, Any]) -> str:
 def make_dp_figures(runs_csv: str | os.PathLike, dp_fit_json: str | os.PathLike,
                     out_dir: str | os.PathLike) -> list[Path]:
     """Figures of the pretraining-data axis: loss and score against D_p with their laws, and D_T against D_p."""
-    table = pd.read_csv(runs_csv)
+    table = read_table(runs_csv)
     analysis = fitting.load_fit(dp_fit_json)
     sns.set_theme(style="whitegrid", context="paper")
     return _render_all({"dp_loss_and_score": lambda: dp_laws_plot(table, analysis),

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import math
 
-from .config import non_embedding_params, run_options, step_budget, trainer_processes, training_gpus
-from .tokenizer import BYTE_VOCAB_SIZE
+from .plan import non_embedding_params, run_options, step_budget, trainer_processes, training_gpus, vocab_size
 
 # Measured 6e10 FLOP/s per core for d_model 128 (notes/deepspeed-cpu.md); smaller models reach less.
 CPU_FLOPS_PER_THREAD = 1e10
@@ -25,12 +24,6 @@ EVALUATION_MINUTES = 20
 # Runs estimated under this many minutes share SLURM jobs (each SLURM job costs 10-13 s of overhead).
 SMALL_RUN_MINUTES = 5
 SMALL_JOBS = "small_jobs"
-
-
-def vocab_size(config: dict) -> int:
-    """Tokens of the study's tokenizer: a BPE's vocab_size, or the byte tokenizer's."""
-    tokenizer = config["tokenizer"]
-    return tokenizer["vocab_size"] if tokenizer["kind"] == "bpe" else BYTE_VOCAB_SIZE
 
 
 def total_params(config: dict, shape: dict) -> int:
@@ -96,7 +89,7 @@ def training_placement(config: dict, kind: str) -> dict:
     """GPUs of one training job and, across nodes, how SLURM starts it.
 
     With ``mpi``, the SLURM executor runs the job's Snakemake in the batch script rather than in a one-node job
-    step, so that transfer_scaling.launch can start one step across all nodes. The executor wants more than one
+    step, so that transfer_scaling.train.launch can start one step across all nodes. The executor wants more than one
     task per node for such jobs; the launcher uses one per node.
     """
     gpus, nodes = training_gpus(config, kind)

@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-from .config import step_budget
+from .plan import step_budget
 from .io import atomic_open, read_json
 from .layout import RunLayout
 from .tokens import load_token_array

@@ -9,7 +9,8 @@ import re
 
 import transfer_scaling
 from transfer_scaling import resources as job_resources
-from transfer_scaling.config import check_target_size, model_shapes, run_options, snapshot_tokens
+from transfer_scaling.config import check_target_size
+from transfer_scaling.plan import model_shapes, run_options, snapshot_tokens
 from transfer_scaling.io import read_json
 from transfer_scaling.layout import FitLayout, RunLayout
 from transfer_scaling.runs import run_names

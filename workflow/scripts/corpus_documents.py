@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from transfer_scaling.corpora import build_documents, build_mixture
+from transfer_scaling.data.corpora import build_documents, build_mixture
 from transfer_scaling.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from transfer_scaling.downstream import evaluate_downstream
+from transfer_scaling.evaluate.downstream import evaluate_downstream
 from transfer_scaling.io import read_json, write_json
 from transfer_scaling.logs import log_to_file
 

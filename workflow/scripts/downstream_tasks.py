@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from transfer_scaling.downstream import load_tasks_from_documents
+from transfer_scaling.evaluate.downstream import load_tasks_from_documents
 from transfer_scaling.io import write_json
 from transfer_scaling.logs import log_to_file
 

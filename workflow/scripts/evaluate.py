@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from transfer_scaling.evaluation import evaluate
+from transfer_scaling.evaluate.heldout import evaluate
 from transfer_scaling.io import write_json
 from transfer_scaling.logs import log_to_file
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from transfer_scaling.corpora import tokenize_split
+from transfer_scaling.data.subsets import tokenize_split
 from transfer_scaling.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -1,7 +1,7 @@
 """Snakemake adapter: one pretraining, fine-tuning or from-scratch run through the DeepSpeed trainer.
 
 One process trains here, in the job's own process; a job given several GPUs or nodes starts the trainer on
-each of them through transfer_scaling.launch, which reads the trainer spec from the run record. Either way a
+each of them through transfer_scaling.train.launch, which reads the trainer spec from the run record. Either way a
 stop on SIGTERM/SIGUSR1 exits with code 75 after a checkpoint, and the retried job resumes from it.
 """
 
@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 from transfer_scaling.io import write_json
-from transfer_scaling.launch import launch_logged
+from transfer_scaling.train.launch import launch_logged
 from transfer_scaling.layout import RunLayout
 from transfer_scaling.logs import log_to_file
 from transfer_scaling.runs import run_record
-from transfer_scaling.training import train_to_exit_code
+from transfer_scaling.train.run import train_to_exit_code
 
 log_to_file(snakemake.log[0])
 record = run_record(

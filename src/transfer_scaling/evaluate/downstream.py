@@ -25,10 +25,10 @@ import numpy as np
 import sacrebleu
 import torch
 
-from .corpora import load_split
-from .evaluation import load_model
-from .model import GPT
-from .tokenizer import Tokenizer, load_tokenizer
+from ..data.corpora import load_split
+from .heldout import load_model
+from ..train.model import GPT
+from ..data.tokenizer import Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import check_sha256_sidecar, read_json
-from .model import GPT, GPTConfig, load_weights
-from .tokens import load_token_array
+from ..io import check_sha256_sidecar, read_json
+from ..train.model import GPT, GPTConfig, load_weights
+from ..tokens import load_token_array
 
 
 def load_model(weights_path: Path, model_json_path: Path) -> GPT:

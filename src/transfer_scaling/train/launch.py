@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .training import STOP_SIGNALS
-from .training import main as train_main
+from .loop import STOP_SIGNALS
+from .run import main as train_main
 
 AGENT_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"
 """Signals torchrun's agent handles by stopping the trainers: not SIGTERM/SIGUSR1, which it would answer by
@@ -131,7 +131,7 @@ def torchrun_args(nproc: int, allocation: Allocation | None, spec: Path, out: Pa
                   "--rdzv-endpoint", f"{allocation.head}:{allocation.rendezvous_port}",
                   "--rdzv-id", allocation.job_id]
     return [*layout, "--nproc-per-node", str(nproc), "--signals-to-handle", AGENT_SIGNALS,
-            "--module", "transfer_scaling.training",
+            "--module", "transfer_scaling.train",
             *trainer_args(spec, out)]
 
 
@@ -140,7 +140,7 @@ def srun_command(allocation: Allocation, nproc: int, spec: Path, out: Path) -> l
     gpus = [f"--gpus-per-node={allocation.gpus_per_node}"] if allocation.gpus_per_node else []
     return ["srun", f"--jobid={allocation.job_id}", f"--nodes={len(allocation.hosts)}",
             f"--ntasks={len(allocation.hosts)}", "--ntasks-per-node=1", *gpus,
-            sys.executable, "-m", "transfer_scaling.launch", "--on-node", "--nproc", str(nproc),
+            sys.executable, "-m", "transfer_scaling.train.launch", "--on-node", "--nproc", str(nproc),
             *trainer_args(spec, out)]
 
 
@@ -192,7 +192,7 @@ def launch_logged(spec: Path, out: Path, nproc: int, log: Path) -> int:
     SIGTERM/SIGUSR1 reaching this process are passed on (SLURM may signal only the job's own process), and
     this process waits for the trainers' checkpoint instead of dying first and ending the job step.
     """
-    command = [sys.executable, "-m", "transfer_scaling.launch", "--nproc", str(nproc), "--spec", str(spec),
+    command = [sys.executable, "-m", "transfer_scaling.train.launch", "--nproc", str(nproc), "--spec", str(spec),
                "--out", str(out)]
     with open(log, "a", encoding="utf-8") as handle:
         child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)

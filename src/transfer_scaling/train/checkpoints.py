@@ -21,9 +21,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .io import (IntegrityError, atomic_open, atomic_path, check_directory_manifest, directory_manifest,
+from ..io import (IntegrityError, atomic_open, atomic_path, check_directory_manifest, directory_manifest,
                  explain_full_disk, read_json, sidecar_path, write_json)
-from .layout import RunLayout
+from ..layout import RunLayout
 
 
 class CheckpointError(RuntimeError):

@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import check_heads
-from .io import atomic_path
+from ..plan import check_heads
+from ..io import atomic_path
 from .loss import chunked_cross_entropy
 
 EMBEDDING_PREFIXES = ("tok_emb.", "pos_emb.")

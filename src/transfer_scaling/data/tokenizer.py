@@ -18,11 +18,11 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .io import read_json, sha256_file, write_json
+from ..plan import BYTE_VOCAB_SIZE
+from ..io import read_json, sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
-BYTE_VOCAB_SIZE = 257
 BYTE_EOT_ID = 256
 EOT_TOKEN = "<|endoftext|>"
 MAX_VOCAB_SIZE = 65536  # token arrays are uint16
