@@ -54,6 +54,19 @@ def test_console_script_fit_advise_and_errors(runs_csv, tmp_path):
     assert missing.stderr.strip().count("\n") == 0 and missing.stderr.startswith("error: runs table not found")
 
 
+def test_fit_reads_d_effective_by_the_estimator_asked_for(runs_csv, tmp_path, capsys):
+    """``--estimator`` reaches the fit (the Python API's ``estimator``); the default is the paper's interpolation."""
+    cli.main(["fit", str(runs_csv), "--out", str(tmp_path / "default"), "--bootstrap", "20", "--no-joint-law"])
+    cli.main(["fit", str(runs_csv), "--out", str(tmp_path / "law"), "--bootstrap", "20", "--no-joint-law",
+              "--estimator", "scratch_law"])
+    capsys.readouterr()
+    fits = {name: json.loads((tmp_path / name / "transfer_fit.json").read_text()) for name in ("default", "law")}
+    assert fits["default"]["options"]["estimator"] == "interpolation"
+    assert fits["law"]["options"]["estimator"] == "scratch_law"
+    assert fits["law"]["sources"]["text"]["appendix_c"]["alpha"] != fits["default"]["sources"]["text"]["appendix_c"][
+        "alpha"]
+
+
 @pytest.mark.slow
 def test_in_process_fit_and_figures(runs_csv, tmp_path, capsys):
     cli.main(["fit", str(runs_csv), "--out", str(tmp_path / "fit"), "--bootstrap", "50", "--no-joint-law"])
@@ -78,6 +91,8 @@ def test_fitting_modules_never_import_torch():
         (["advise", "missing.json", "--source", "text", "--n-params", "1e6", "--d-f-chars", "1e4"],
          "error: fit file not found"),
         (["fit", "RUNS", "--out", "OUT", "--tolerance", "2"], "error: tolerance = 2.0: must lie in (0, 1)"),
+        (["fit", "RUNS", "--out", "OUT", "--estimator", "spline"],
+         "error: transfer-scaling fit: argument --estimator: invalid choice: 'spline'"),
     ],
 )
 def test_errors_are_one_line_with_status_2(argv, message, runs_csv, tmp_path, capsys):

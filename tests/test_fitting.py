@@ -341,7 +341,7 @@ def test_fit_file_writes_outputs_and_advise(tmp_path):
     assert {"d_effective", "d_transferred", "status"} <= set(points.columns)
     draws = pd.read_csv(tmp_path / "fit" / "bootstrap.csv")
     assert set(draws["method"]) == {"appendix_c", "huber"} and len(draws) == 200
-    answer = advise(fit, "text", 1e7, 1e4)
+    answer = advise(fit, "text", 1e7, 1e4, fitting.load_draws(tmp_path / "fit"))
     assert answer["method"] == "appendix_c"
     assert answer["10x_data"]["d_effective"] > answer["current"]["d_effective"]
     expected = 0.8 + 30.0 / 1e7**0.35 + 95.0 / math.sqrt(answer["current"]["d_effective"])
@@ -503,3 +503,46 @@ def test_one_seed_intervals_are_as_wide_as_the_spread_of_the_estimates():
     assert min(covered.values()) >= 7, covered
     for name, spread in REPLICATE_SD.items():
         assert 0.7 < np.mean(widths[name]) / (3.92 * spread) < 1.35, (name, np.mean(widths[name]) / (3.92 * spread))
+
+
+@pytest.mark.parametrize(("estimator", "tolerance"), [("interpolation", 0.05), ("scratch_law", 1e-4),
+                                                      ("joint_law", 1e-3)])
+def test_each_estimator_reads_the_known_d_transferred(estimator, tolerance):
+    """Noise-free runs of a known world: every estimator reads D_T = k D_F^alpha N^beta back at every fitted point,
+    the laws' inverses exactly (they are the world's form), interpolation through 10 scratch points to a few
+    percent; alpha and beta follow."""
+    fit = fit_runs(synthetic_runs(noise=0.0, finetune_seeds=1), n_bootstrap=20, joint_law=False, estimator=estimator)
+    used = [point for point in fit["points"] if point["status"] == "ok"]
+    assert len(used) == len(N_VALUES) * len(D_F_VALUES)
+    for point in used:
+        truth = transferlaw.transferred_data(**TRUE_LAW, n_params=point["n_params"], d_f_chars=point["d_f_chars"])
+        assert point["d_transferred"] == pytest.approx(truth, rel=tolerance), point
+    block = fit["sources"]["text"]["appendix_c"]
+    assert block["alpha"] == pytest.approx(TRUE_LAW["alpha"], abs=20 * tolerance)
+    assert block["beta"] == pytest.approx(TRUE_LAW["beta"], abs=20 * tolerance)
+    assert fit["options"]["estimator"] == estimator
+    assert {summary["estimator"] for summary in fit["scratch"].values()} == {estimator}
+    assert all((summary["estimator_law"] is None) == (estimator == "interpolation")
+               for summary in fit["scratch"].values())
+
+
+def test_law_estimators_flag_out_of_range_and_flat_points_as_interpolation_does():
+    """The inverse of a law reads D_E only within the scratch D: a loss below the law at the largest D is censored,
+    one above it at the smallest D below_range; the slope that flags ill-conditioned points is the law's."""
+    curves = scratch.ScratchCurves(1e6, np.logspace(4, 8.5, 10), true_loss(1e6, np.logspace(4, 8.5, 10))[None],
+                                   0.01, 0.1, "scratch_law")
+    lowest, highest = true_loss(1e6, 10**8.5), true_loss(1e6, 1e4)
+    inside = true_loss(1e6, 3e5)
+    d_effective, slope, status = curves.effective_data(np.array([[lowest - 0.01, highest + 0.01, inside]]))
+    assert list(status[0]) == ["censored", "below_range", "ok"]
+    assert d_effective[0, 0] == 10**8.5 and d_effective[0, 1] == 1e4
+    assert d_effective[0, 2] == pytest.approx(3e5, rel=1e-4)
+    assert slope[0, 2] == pytest.approx(0.5 * 95.0 / math.sqrt(3e5), rel=1e-3)
+    assert curves.estimated_loss_at([3e5])[0, 0] == pytest.approx(inside, rel=1e-5)
+
+
+def test_estimator_is_checked_and_a_degenerate_joint_law_is_refused():
+    with pytest.raises(FitError, match=r"estimator = 'spline': must be one of \['interpolation'"):
+        fit_runs(synthetic_runs(), n_bootstrap=10, estimator="spline")
+    with pytest.raises(FitError, match="estimator joint_law: the joint law of the scratch runs cannot be inverted"):
+        fit_runs(status_runs(), n_bootstrap=10, joint_law=False, estimator="joint_law")

@@ -59,8 +59,10 @@ def test_answer_of_a_fit_with_undefined_quantities(tmp_path):
     html = html_of(rst)
     assert "system-message" not in html
     assert "12.5 [3.1, 40]" in rst and "-0.2 [-0.5, 0.1]" in rst and "1 of 3" in rst
-    assert "as much as not defined (alpha <= 0) more" in rst and "is worth not defined (alpha <= 0) more" in rst
-    assert "10^beta = 3.8x" in rst and "Huber\n     - not available" in rst
+    assert "worth at equal D\\_T (10^(beta/alpha)): not defined (alpha <= 0)." in rst
+    assert "     - not defined (alpha <= 0)\n" in rst and "10^beta: not available." in rst
+    assert "this fit states no choice between 10x more fine-tuning data and a 10x larger model" in rst
+    assert "Huber\n     - not available" in rst
     assert "high\\_data" in rst or "``high_data``" in rst
     assert "- high\\_data: D\\_F above the low-data limit" in rst and "- mystery: see the fit log" in rst
     assert "fitted on N = 1e+05, 2e+05 (Appendix C) predicts the largest size, N = 3e+05; largest error 2.56%" in rst

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pandas as pd
 
-from .scratch import SCRATCH_LAW_PARAMETERS, ScratchCurves, read_off, scratch_law_loss
+from .scratch import SCRATCH_LAW_PARAMETERS, ScratchCurves, fit_joint_laws, read_off, scratch_law_loss
 from .transferlaw import PARAMETERS, PointResamples, exp_or_inf, transferred_data
 
 if TYPE_CHECKING:
@@ -78,11 +78,12 @@ class Bootstrap:
     seed the intervals err wide). Drawing the runs of an N instead left out a third of a one-seed D grid per
     resample, and beta's interval came out 1.5-2.2x as wide as the spread of its estimates over replicate tables.
     The resampled scratch curves are drawn once and shared by every source and both methods; every resample
-    rebuilds D_E, D_T, statuses and the fit as the point estimate does.
+    rebuilds D_E, D_T, statuses and the fit as the point estimate does, by the fit's estimator (``joint``, the joint
+    law of the measured curves, starts the joint law refitted to every resample of every size).
     """
 
     def __init__(self, runs: pd.DataFrame, curves: dict[float, ScratchCurves], scratch: dict[float, dict],
-                 points: pd.DataFrame, options: FitOptions):
+                 points: pd.DataFrame, options: FitOptions, joint: np.ndarray | None = None):
         self.rng = np.random.default_rng(options.seed)
         self.curves, self.scratch, self.options = curves, scratch, options
         ok = runs[runs["status"] == "ok"]
@@ -93,8 +94,11 @@ class Bootstrap:
         deviations = [seed_deviations(np.searchsorted(curves[n].d_chars, group["data_chars"].to_numpy()),
                                       group["test_loss"].to_numpy()) for n, group in scratch_runs.items()]
         noise, pool = noise_pool(np.concatenate([np.zeros(0), *deviations]), self._scratch_residuals)
+        read_off_sizes = sorted(points.loc[points["status"] != "failed", "n_params"].unique())
         self.resampled = {n: self._resample_curve(n, pool)
-                          for n in sorted(points.loc[points["status"] != "failed", "n_params"].unique())}
+                          for n in (sorted(curves) if joint is not None else read_off_sizes)}
+        if joint is not None:
+            fit_joint_laws(self.resampled, start=joint[0])
         counts = np.concatenate([np.zeros(0, int), *self.seeds.values()])
         self.summary = {"unit": "points: their seeds' noise redrawn around the fitted laws (seed deviations, or "
                                 "residuals of the fitted law where points have one seed)",
@@ -127,17 +131,28 @@ class Bootstrap:
         has_law = self.scratch[n_params]["law"]["ok"]
         centre = self.world_loss(n_params, curve.d_chars) if has_law else curve.test_loss[0]
         test_loss = redraw_cells(self.rng, centre, self.seeds[n_params], pool, self.options.n_bootstrap)
-        return ScratchCurves(n_params, curve.d_chars, test_loss, self.options.tolerance, self.options.low_data_fraction)
+        return ScratchCurves(n_params, curve.d_chars, test_loss, self.options.tolerance, self.options.low_data_fraction,
+                             self.options.estimator)
 
-    def source(self, source: str, points: pd.DataFrame) -> Callable[[np.ndarray], PointResamples]:
-        """The resampler of one source's fine-tuned points, for ``fit_transfer_law``."""
+    def source(self, source: str, points: pd.DataFrame,
+               rng: np.random.Generator | None = None) -> Callable[[np.ndarray], PointResamples]:
+        """The resampler of one source's fine-tuned points (all of them, or a subset such as the sizes a held-out
+        prediction is fitted on), for ``fit_transfer_law``; ``rng`` draws its noise where the draws must not shift
+        the stream that the other sources' intervals come from."""
         cells = points[points["status"] != "failed"].reset_index(drop=True)
         runs = self.finetune[self.finetune["source"] == source]
         keys = cells[["n_params", "d_f_chars"]].rename(columns={"d_f_chars": "data_chars"}).reset_index()
-        run_cell = runs[["n_params", "data_chars"]].merge(keys, how="left")["index"].to_numpy(int)
-        return partial(self._resample_source, cells, seed_deviations(run_cell, runs["test_loss"].to_numpy()))
+        matched = runs[["n_params", "data_chars", "test_loss"]].merge(keys, how="inner")
+        deviations = seed_deviations(matched["index"].to_numpy(int), matched["test_loss"].to_numpy())
+        return partial(self._resample_source, cells, deviations, rng or self.rng)
 
-    def _resample_source(self, cells: pd.DataFrame, deviations: np.ndarray, estimate: np.ndarray) -> PointResamples:
+    def held_out(self, source: str) -> Callable[[pd.DataFrame], Callable[[np.ndarray], PointResamples]]:
+        """The resampler of a subset of a source's points (the smaller sizes of a held-out prediction), drawn from a
+        stream of its own so that the main fits' intervals stay those of a fit without it."""
+        return partial(self.source, source, rng=np.random.default_rng([self.options.seed, 1]))
+
+    def _resample_source(self, cells: pd.DataFrame, deviations: np.ndarray, rng: np.random.Generator,
+                         estimate: np.ndarray) -> PointResamples:
         """Redraw the fine-tuned cells around the law ``estimate`` (ln k, alpha, beta) and read each resampled
         point off its N's resampled scratch curve."""
         n_params, d_f_chars = cells["n_params"].to_numpy(float), cells["d_f_chars"].to_numpy(float)
@@ -148,13 +163,13 @@ class Bootstrap:
         fitted = (cells["status"] == "ok").to_numpy()
 
         def residuals() -> np.ndarray:
-            measured = np.array([self.curves[n].measured_loss_at(d) for n, d in zip(n_params, d_effective)])
+            measured = np.array([self.curves[n].estimated_loss_at(d)[0, 0] for n, d in zip(n_params, d_effective)])
             scale = _dof_scale(int(fitted.sum()), len(PARAMETERS))
             return np.log(observed / measured)[fitted & np.isfinite(measured)] * scale
 
         noise, pool = noise_pool(deviations, residuals)
         centre = np.where(fitted & np.isfinite(world), world, observed)
-        test_loss = redraw_cells(self.rng, centre, cells["n_seeds"].to_numpy(), pool, self.options.n_bootstrap)
+        test_loss = redraw_cells(rng, centre, cells["n_seeds"].to_numpy(), pool, self.options.n_bootstrap)
         d_transferred, in_fit = np.empty(test_loss.shape), np.empty(test_loss.shape, bool)
         for n, columns in cells.groupby("n_params").indices.items():
             _, _, d_transferred[:, columns], status = read_off(self.resampled[n], d_f_chars[columns],

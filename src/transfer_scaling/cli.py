@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
-from .fitting import FitError, FitOptions, advise, fit_file, load_fit, read_runs, to_jsonable
+from .fitting import FitError, FitOptions, advise, fit_file, load_draws, load_fit, read_runs, to_jsonable
 from .io import write_json
 from .jointlaw import fit_scratch_runs, law_summary
+from .scratch import ESTIMATORS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,7 +34,7 @@ def fail(message: str) -> NoReturn:
 def _fit(args: argparse.Namespace) -> None:
     result = fit_file(args.runs, args.out, tolerance=args.tolerance, low_data_fraction=args.low_data_fraction,
                       n_bootstrap=args.bootstrap, seed=args.seed, slope_tolerance=args.slope_tolerance,
-                      joint_law=args.joint_law)
+                      joint_law=args.joint_law, estimator=args.estimator)
     summary = {}
     for source, blocks in result["sources"].items():
         summary[source] = {method: _law_summary(blocks[method]) for method in ("appendix_c", "huber")}
@@ -60,7 +61,9 @@ def _joint_law(args: argparse.Namespace) -> None:
 
 
 def _advise(args: argparse.Namespace) -> None:
-    print(json.dumps(advise(load_fit(args.fit), args.source, args.n_params, args.d_f_chars), indent=2))
+    """The advice with the interval of every quantity over the bootstrap draws written beside the fit."""
+    print(json.dumps(advise(load_fit(args.fit), args.source, args.n_params, args.d_f_chars, load_draws(args.fit)),
+                     indent=2))
 
 
 def _figures(args: argparse.Namespace) -> None:
@@ -90,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="flag D_E where the scratch curve is flatter than this (nats per e-fold of D)")
     fit.add_argument("--joint-law", action=argparse.BooleanOptionalAction, default=DEFAULTS.joint_law,
                      help="the joint L(N, D) diagnostic")
+    fit.add_argument("--estimator", choices=ESTIMATORS, default=DEFAULTS.estimator,
+                     help="how D_E is read off the same-N scratch curve: interpolation through its points (the "
+                          "paper's), or the inverse of its fitted L_N (scratch_law) or of the joint law (joint_law)")
     fit.set_defaults(handler=_fit)
 
     joint = commands.add_parser("joint-law", help="fit L(N, D) = E + A/N^alpha + B/D^beta to the scratch runs alone")
@@ -98,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bootstrap_options(joint)
     joint.set_defaults(handler=_joint_law)
 
-    advice = commands.add_parser("advise", help="what 10x more data buys against 10x more parameters")
+    advice = commands.add_parser("advise", help="what 10x more data buys against 10x more parameters, each quantity "
+                                 "with its bootstrap interval (from bootstrap.csv beside the fit), or why the study "
+                                 "does not resolve it")
     advice.add_argument("fit", help="transfer_fit.json (or the directory holding it)")
     advice.add_argument("--source", required=True)
     advice.add_argument("--n-params", type=float, required=True, help="non-embedding parameters N")
@@ -126,7 +134,7 @@ def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .training import main as train_main  # torch and deepspeed load only for this subcommand
+    from .train.run import main as train_main  # torch and deepspeed load only for this subcommand
 
     raise SystemExit(train_main(["--spec", args.spec, "--out", args.out]))
 

@@ -1,7 +1,9 @@
 """Fit the scaling law for transfer, D_T = k * D_F^alpha * N^beta (Hernandez et al. 2021), to a runs table.
 
 The effective data D_E of a fine-tuned model is read off the same-N from-scratch loss-vs-data curve by
-monotone interpolation, as in the paper; a fitted joint L(N, D) is only a diagnostic (``jointlaw``).
+monotone interpolation, as in the paper (the ``estimator`` option: or through that curve's fitted L_N, or through
+the joint law's slice at N; benchmarks/estimator_choice.py compares them); the joint L(N, D) of the scratch runs is
+otherwise only a diagnostic (``jointlaw``).
 Every fine-tuned point keeps a status saying whether it enters the fit and, if not, why:
 
 - ``ok``: in the low-data regime with D_T > 0 on a well-conditioned part of the scratch curve (fitted);
@@ -37,12 +39,14 @@ import pandas as pd
 
 from .bootstrap import Bootstrap
 from .config import SCHEMA, TRAINING_KINDS, load_schema
-from .derived import data_worth_of_10x_model, derived, derived_quantities, held_out_prediction, ossification
+from .derived import (LN10, LawDraws, data_worth_of_10x_model, derived, derived_quantities, held_out_prediction,
+                      ln_d_effective, ossification, parameter_resolutions, point_quantities, supports)
 from .io import atomic_open, read_json, write_json
 from .jointlaw import JointLawError, fit_chinchilla
 from .layout import FitLayout
-from .scratch import ScratchCurves, classify_point, scratch_law_loss
-from .transferlaw import PointResamples, fit_transfer_law, transferred_data
+from .report import decision_sentence
+from .scratch import ESTIMATORS, ScratchCurves, classify_point, fit_joint_laws, scratch_law_loss
+from .transferlaw import fit_transfer_law
 
 logger = logging.getLogger("transfer_scaling.fitting")
 
@@ -251,10 +255,14 @@ CONFIG_NAMES = {"n_bootstrap": "bootstrap"}
 """The options that the config's ``fit`` section names otherwise."""
 
 
-def _schema_default(option: str) -> Any:
-    """The default that the config schema states for an option: ``seed`` at the top, the others under ``fit``."""
+def _schema_default(option: str, unset: Any = None) -> Any:
+    """The default that the config schema states for an option: ``seed`` at the top, the others under ``fit``;
+    ``unset`` for an option that the schema does not name yet (``estimator``, until its key is added)."""
     section = CONFIG_SCHEMA if option == "seed" else CONFIG_SCHEMA["fit"]["properties"]
-    return section[CONFIG_NAMES.get(option, option)]["default"]
+    name = CONFIG_NAMES.get(option, option)
+    if name not in section and unset is not None:
+        return unset
+    return section[name]["default"]
 
 
 @dataclass(frozen=True)
@@ -268,6 +276,7 @@ class FitOptions:
     seed: int = _schema_default("seed")
     slope_tolerance: float = _schema_default("slope_tolerance")
     joint_law: bool = _schema_default("joint_law")
+    estimator: str = _schema_default("estimator", "interpolation")
 
     def __post_init__(self) -> None:
         if not 0 < self.tolerance < 1:
@@ -278,6 +287,8 @@ class FitOptions:
             raise FitError(f"n_bootstrap = {self.n_bootstrap}: must be >= 0")
         if self.slope_tolerance < 0:
             raise FitError(f"slope_tolerance = {self.slope_tolerance}: must be >= 0")
+        if self.estimator not in ESTIMATORS:
+            raise FitError(f"estimator = {self.estimator!r}: must be one of {list(ESTIMATORS)}")
 
     @classmethod
     def named(cls, options: dict[str, Any]) -> FitOptions:
@@ -300,7 +311,8 @@ def fit_runs(runs: pd.DataFrame, **options: Any) -> dict[str, Any]:
     """Fit every source of a runs table with ``FitOptions`` given by name; returns a JSON-ready dict (see
     ``fit_file`` for the layout).
 
-    ``joint_law`` adds the joint-law diagnostic (a few seconds for the full start grid).
+    ``joint_law`` adds the joint-law diagnostic (a few seconds for the full start grid); ``estimator`` says how D_E
+    is read off the scratch curves (``scratch.ESTIMATORS``; interpolation, the paper's way, by default).
     """
     return _fit(runs, FitOptions.named(options))[0]
 
@@ -309,13 +321,14 @@ def _fit(runs: pd.DataFrame, options: FitOptions) -> tuple[dict[str, Any], pd.Da
     runs = validate_runs(runs)
     averaged = average_seeds(runs[runs["kind"].isin(FITTED_KINDS)])
     curves = {n: ScratchCurves(n, group["data_chars"].to_numpy(), group["test_loss"].to_numpy(), options.tolerance,
-                               options.low_data_fraction)
+                               options.low_data_fraction, options.estimator)
               for n, group in averaged[averaged["kind"] == "scratch"].groupby("n_params")}
+    joint = _joint_estimator(curves) if options.estimator == "joint_law" else None
     scratch = {n: curve.summary() for n, curve in curves.items()}
     points = build_points(averaged, runs, curves, options.slope_tolerance)
-    bootstrap = Bootstrap(runs, curves, scratch, points, options)
+    bootstrap = Bootstrap(runs, curves, scratch, points, options, joint)
     sizes = _size_labels(runs)
-    sources = {source: _fit_source(group, bootstrap.source(source, group), curves, scratch, sizes)
+    sources = {source: _fit_source(source, group, bootstrap, curves, scratch, sizes)
                for source, group in points.groupby("source")}
     draws = _pop_draws(sources)
     scratch_points = averaged[averaged["kind"] == "scratch"]
@@ -333,6 +346,17 @@ def _fit(runs: pd.DataFrame, options: FitOptions) -> tuple[dict[str, Any], pd.Da
     return to_jsonable(result), draws
 
 
+def _joint_estimator(curves: dict[float, ScratchCurves]) -> np.ndarray | None:
+    """The joint law that the ``joint_law`` estimator reads D_E through (``fit_joint_laws``), or FitError."""
+    if not curves:
+        return None
+    try:
+        return fit_joint_laws(curves)
+    except JointLawError as error:
+        raise FitError(f"estimator joint_law: the joint law of the scratch runs cannot be inverted ({error}); use "
+                       "estimator interpolation or scratch_law") from error
+
+
 def joint_law_diagnostic(scratch: pd.DataFrame) -> dict[str, Any]:
     """Chinchilla's and Kaplan's joint L(N, D) fitted to the scratch points: a diagnostic of how well one
     smooth law describes the runs, never used to compute D_E (the paper found it too poor to invert)."""
@@ -344,20 +368,20 @@ def joint_law_diagnostic(scratch: pd.DataFrame) -> dict[str, Any]:
             "test_loss": scratch["test_loss"].tolist(), **fit}
 
 
-def _fit_source(points: pd.DataFrame, bootstrap: Callable[[np.ndarray], PointResamples],
-                curves: dict[float, ScratchCurves], scratch: dict[float, dict],
-                sizes: dict[float, str]) -> dict[str, Any]:
+def _fit_source(source: str, points: pd.DataFrame, bootstrap: Bootstrap, curves: dict[float, ScratchCurves],
+                scratch: dict[float, dict], sizes: dict[float, str]) -> dict[str, Any]:
     usable = points[points["status"] == "ok"]
     fits = fit_transfer_law(usable["n_params"].to_numpy(), usable["d_f_chars"].to_numpy(),
-                            usable["d_transferred"].to_numpy(), bootstrap)
+                            usable["d_transferred"].to_numpy(), bootstrap.source(source, points))
     for block in fits.values():
         if block["identifiable"]:
+            block.update(parameter_resolutions(block))
             block["derived"] = derived_quantities(block, points)
     counts = points["status"].value_counts()
     return {**fits, "n_points_used": int(len(usable)),
             "n_points_excluded": {status: int(counts.get(status, 0)) for status in POINT_STATUSES if status != "ok"},
             "ossification": ossification(points),
-            "held_out_prediction": held_out_prediction(points, curves, scratch, sizes)}
+            "held_out_prediction": held_out_prediction(points, curves, scratch, sizes, bootstrap.held_out(source))}
 
 
 def _transfer_law_status(runs: pd.DataFrame) -> str:
@@ -433,11 +457,13 @@ def fit_file(runs_csv: str | os.PathLike, out_dir: str | os.PathLike, **options:
 
     ``transfer_fit.json``: options; ``transfer_law_status`` ("ok", or "nothing_to_fit: why"); ``bootstrap``
     (resampling unit, resamples, scratch cells by seed count, scratch residual spread); ``scratch`` per N (points,
-    L_N fit, D(N) and its origin); ``sources`` per source (``appendix_c`` and ``huber`` blocks with k, alpha, beta,
-    their 95% intervals, how many resamples could identify them, residuals, R^2 and derived quantities, each with
-    its ``<name>_status``; point counts; ossification; ``held_out_prediction``); ``points``; ``failed_runs``;
-    ``compute_by_kind``; ``joint_law``. ``bootstrap.csv`` holds the identifiable bootstrap draws (for interval
-    bands in the figures).
+    L_N fit, D(N) and its origin, the estimator and the law it inverts); ``sources`` per source (``appendix_c`` and
+    ``huber`` blocks with k, alpha, beta, their 95% intervals and ``<name>_resolution``, how many resamples could
+    identify them, residuals, R^2 and derived quantities, each with its ``<name>_status``, ``<name>_ci``,
+    ``<name>_undefined_share`` and ``<name>_resolution``, and the ``decision`` between 10x data and a 10x model;
+    point counts; ossification; ``held_out_prediction`` with the intervals of its predictions); ``points``;
+    ``failed_runs``; ``compute_by_kind``; ``joint_law``. ``bootstrap.csv`` holds the identifiable bootstrap draws
+    (for interval bands in the figures, and for ``advise``).
     """
     fit_options = FitOptions.named(options)
     result, draws = _fit(read_runs(runs_csv), fit_options)
@@ -480,31 +506,81 @@ def primary_fit(fit: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
     raise FitError(f"source {source!r}: the law is not identifiable ({blocks['huber']['reason']})")
 
 
-def advise(fit: dict[str, Any], source: str, n_params: float, d_f_chars: float) -> dict[str, Any]:
+def advise(fit: dict[str, Any], source: str, n_params: float, d_f_chars: float,
+           draws: pd.DataFrame | None = None) -> dict[str, Any]:
     """What 10x more fine-tuning data buys against a 10x larger model, in D_E and in predicted loss.
 
-    Loss is predicted from the fitted scratch curve L_N of the same N, which exists only for the N that
-    were trained from scratch; anything outside the fitted ranges is listed under ``notes``.
+    ``draws`` are the fit's bootstrap draws (``bootstrap.csv``, read by ``load_draws``): every quantity is computed
+    on each of them, and is given with its 95% interval (``<name>_ci``) and ``<name>_resolution``; one the study
+    does not resolve (``derived.resolution``: undefined in a notable share of the replicates, an interval across 0
+    or 1x, or wider than two orders of magnitude) is null, with the reason. Without draws nothing is resolved.
+    ``answer`` says in one sentence which of the two the fit supports at this (N, D_F), or that it does not.
+
+    Loss is predicted from the fitted scratch curve L_N of the same N, which exists only for the N that were trained
+    from scratch (its interval counts the law's draws, not L_N's own error); anything outside the fitted ranges is
+    listed under ``notes``.
     """
     if not (n_params > 0 and d_f_chars > 0):
         raise FitError(f"n_params = {n_params} and d_f_chars = {d_f_chars} must both be positive")
     method, block = primary_fit(fit, source)
-    k, alpha, beta = block["k"], block["alpha"], block["beta"]
     notes = _range_notes(fit, source, n_params, d_f_chars)
+    own = None if draws is None else draws[(draws["source"] == source) & (draws["method"] == method)]
+    if own is None or (own.empty and block.get("n_bootstrap_identifiable")):
+        notes.append(f"no bootstrap draws of {source} ({method}) were given (bootstrap.csv beside the fit): no "
+                     "quantity has an interval, so none is resolved")
+        law = LawDraws(LawDraws.of_block(block).estimate, np.empty((0, 3)), 0)
+    else:
+        law = LawDraws.of_block(block, own[["ln_k", "alpha", "beta"]].to_numpy(float))
+    answer: dict[str, Any] = {"source": source, "method": method}
+    for name in ("k", "alpha", "beta"):
+        answer.update({name: block[name], f"{name}_ci": block.get(f"{name}_ci")})
+    answer.update(parameter_resolutions({**block, "bootstrap_draws": law.draws, "n_bootstrap": law.n_resamples}))
     options = {"current": (n_params, d_f_chars), "10x_data": (n_params, 10 * d_f_chars),
                "10x_params": (10 * n_params, d_f_chars)}
-    answer: dict[str, Any] = {"source": source, "method": method, "k": k, "alpha": alpha, "beta": beta}
+    log10_d_effective = {}
     for name, (n, d) in options.items():
-        d_transferred = float(transferred_data(k, alpha, beta, n, d))
-        answer[name] = {"n_params": n, "d_f_chars": d, "d_transferred": d_transferred,
-                        "d_effective": d + d_transferred,
-                        "predicted_loss": _predict_loss(fit, n, d + d_transferred, notes)}
-    answer["d_effective_ratio_10x_data"] = answer["10x_data"]["d_effective"] / answer["current"]["d_effective"]
-    answer["d_effective_ratio_10x_params"] = answer["10x_params"]["d_effective"] / answer["current"]["d_effective"]
-    answer.update(derived("data_worth_of_10x_model_equal_d_effective", data_worth_of_10x_model, k, alpha, beta,
-                          n_params, d_f_chars))
-    answer["notes"] = notes
+        log10_d_transferred, log10_d_effective[name] = _log10_transfer(n, d)
+        option = {"n_params": n, "d_f_chars": d, **law.quantity("d_transferred", log10_d_transferred, "amount"),
+                  **law.quantity("d_effective", log10_d_effective[name], "amount")}
+        scratch_law = _scratch_law_for(fit, n, option["d_effective"], notes)
+        option["predicted_loss"] = None
+        if scratch_law is not None:
+            option.update(law.quantity("predicted_loss", lambda *law_: np.log10(scratch_law_loss(
+                scratch_law, 10.0 ** log10_d_effective[name](*law_))), "amount"))
+        answer[name] = _resolved_only(option)
+    for name in ("10x_data", "10x_params"):
+        answer.update(law.quantity(f"d_effective_ratio_{name}", lambda *law_: (
+            log10_d_effective[name](*law_) - log10_d_effective["current"](*law_)), "ratio"))
+    quantities = point_quantities(law, n_params, d_f_chars)
+    for name in ("data_worth_of_10x_model_equal_d_effective", "d_effective_ratio_10x_data_to_10x_model"):
+        answer.update({key: value for key, value in quantities.items() if key.startswith(name)})
+    answer.update(derived("data_worth_of_10x_model_equal_d_effective", data_worth_of_10x_model, block["k"],
+                          block["alpha"], block["beta"], n_params, d_f_chars))
+    decision = {"n_params": n_params, "d_f_chars": d_f_chars, "supports": supports(quantities),
+                **{key: value for key, value in quantities.items()
+                   if key.startswith("d_effective_ratio_10x_data_to_10x_model")}}
+    points = [point for point in fit["points"] if point["source"] == source]
+    answer = {"answer": decision_sentence(source, decision, answer, points), **_resolved_only(answer)}
+    answer["supports"] = decision["supports"]
+    answer["notes"] = list(dict.fromkeys(notes))
     return to_jsonable(answer)
+
+
+def _log10_transfer(n_params: float, d_f_chars: float) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """log10 D_T and log10 D_E at (N, D_F), each a function of a law (ln k, alpha, beta), element-wise."""
+    ln_n, ln_d = math.log(n_params), math.log(d_f_chars)
+    return (lambda ln_k, alpha, beta: (ln_k + alpha * ln_d + beta * ln_n) / LN10,
+            lambda ln_k, alpha, beta: ln_d_effective(ln_k, alpha, beta, ln_n, ln_d) / LN10)
+
+
+def _resolved_only(quantities: dict[str, Any]) -> dict[str, Any]:
+    """The quantities with the value of each one that is not resolved set to null (its reason and interval stay),
+    so that advice never prints a bare number the study does not support."""
+    shown = dict(quantities)
+    for key, verdict in quantities.items():
+        if key.endswith("_resolution") and verdict != "resolved":
+            shown[key[: -len("_resolution")]] = None
+    return shown
 
 
 def _range_notes(fit: dict[str, Any], source: str, n_params: float, d_f_chars: float) -> list[str]:
@@ -519,7 +595,9 @@ def _range_notes(fit: dict[str, Any], source: str, n_params: float, d_f_chars: f
     return notes
 
 
-def _predict_loss(fit: dict[str, Any], n_params: float, d_effective: float, notes: list[str]) -> float | None:
+def _scratch_law_for(fit: dict[str, Any], n_params: float, d_effective: float | None,
+                     notes: list[str]) -> dict[str, Any] | None:
+    """The fitted L_N of N to predict a loss with, or None (with a note saying why)."""
     summary = fit["scratch"].get(n_key(n_params))
     if summary is None:
         notes.append(f"no scratch curve at N = {n_params:g}: loss not predicted")
@@ -529,7 +607,14 @@ def _predict_loss(fit: dict[str, Any], n_params: float, d_effective: float, note
                      "loss not predicted")
         return None
     low, high = min(summary["d_chars"]), max(summary["d_chars"])
-    if not low <= d_effective <= high:
+    if d_effective is not None and not low <= d_effective <= high:
         notes.append(f"extrapolating L_N at N = {n_params:g}: D_E = {d_effective:.3g} outside the scratch "
                      f"data {low:g}..{high:g}")
-    return scratch_law_loss(summary["law"], d_effective)
+    return summary["law"]
+
+
+def load_draws(fit_json: str | os.PathLike) -> pd.DataFrame | None:
+    """The bootstrap draws written beside a fit (``bootstrap.csv``), for ``advise``; None where there are none."""
+    path = Path(fit_json)
+    path = FitLayout(path if path.is_dir() else path.parent).bootstrap
+    return pd.read_csv(path) if path.exists() else None

@@ -1,15 +1,22 @@
 """The study's answer as reStructuredText, written from ``transfer_fit.json`` for the first page of the report.
 
-A reader opens the report to learn what pretraining on each source is worth, so the answer comes first: per
-source k, alpha and beta with their intervals, what 10x more fine-tuning data is worth against a 10x larger
-model, which points were left out and why, the held-out prediction error, and the figures that show it.
-Every field is read defensively: a fit from an older or partial run (a key missing, a null where a quantity is
-not defined) still renders, saying "not defined" or "not available" in place of the number.
+A reader opens the report to learn what pretraining on each source is worth, so the answer comes first: one
+sentence per source that a reader can act on (which of 10x more fine-tuning data or a 10x larger model the fit
+supports, with its interval, or that the study does not resolve it and what would), then per source k, alpha and
+beta with their intervals, what 10x more data is worth against a 10x larger model, the derived quantities over the
+observed grid, which points were left out and why, the held-out prediction, and the figures that show it.
+
+No derived number is shown without its 95% bootstrap interval, and one that the study does not resolve (the fit's
+``<name>_resolution``: undefined in a notable share of the replicates, an interval across 0 or 1x, or wider than two
+orders of magnitude) is written "not resolved" with the reason, never as a number. Every field is read defensively:
+a fit from an older or partial run (a key missing, a null where a quantity is not defined) still renders, saying
+"not defined", "not available" or "not resolved" in place of the number.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import os
 import re
 from pathlib import Path
@@ -32,6 +39,8 @@ KEY_FIGURES = {
 }
 NOT_DEFINED = "not defined"
 NOT_AVAILABLE = "not available"
+NOT_RESOLVED = "not resolved"
+NO_INTERVAL = "this fit gives no bootstrap interval for it"
 
 
 def write_answer(fit_json: str | os.PathLike, figures_dir: str | os.PathLike, out: str | os.PathLike,
@@ -47,10 +56,14 @@ def answer_rst(fit: dict[str, Any], figures: Sequence[Path], target: str) -> str
     """The answer per source, then the joint-law diagnostic, then the key figures embedded (data URIs)."""
     sources = fit.get("sources") or {}
     lines = _heading(f"The answer: what pretraining is worth for {target}", "=")
+    lines += [_bullet(_source_sentence(fit, source, sources[source])) for source in sorted(sources)]
+    lines += ([""] if sources else [])
     lines += [_plain(f"Effective data transferred D_T = k * D_F^alpha * N^beta, in characters of {target}, with N "
-                     "the non-embedding parameters; 95% bootstrap intervals in brackets. Appendix C is the paper's "
-                     "procedure, Huber a robust regression; the advice uses Appendix C when it is identifiable. "
-                     "How the study was run follows the answer."), ""]
+                     "the non-embedding parameters; 95% bootstrap intervals in brackets. A derived quantity that the "
+                     "study does not resolve (undefined in more than 2.5% of the bootstrap replicates, an interval "
+                     "across 0 or 1x, or one wider than two orders of magnitude) is written 'not resolved' with the "
+                     "reason. Appendix C is the paper's procedure, Huber a robust regression; the advice uses "
+                     "Appendix C when it is identifiable. How the study was run follows the answer."), ""]
     if not sources:
         lines += [_plain(_status_text(fit.get("transfer_law_status"), "No transfer law was fitted")) + ".", ""]
     for source in sorted(sources):
@@ -64,7 +77,9 @@ def _source_section(fit: dict[str, Any], source: str, blocks: dict[str, Any]) ->
     lines = _heading(f"Source: {source}", "-")
     lines += _law_table(blocks)
     method, block = _primary(blocks)
+    lines += _unresolved_parameters(block)
     lines += _ten_x(method, block)
+    lines += _grid_table(block)
     lines += _left_out(fit, source)
     lines += _held_out(blocks.get("held_out_prediction"))
     return lines
@@ -103,35 +118,120 @@ def _primary(blocks: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
 
 
 def _ten_x(method: str | None, block: dict[str, Any]) -> list[str]:
-    """What 10x more fine-tuning data is worth against a 10x larger model, from the fit's derived quantities."""
+    """What 10x more fine-tuning data is worth against a 10x larger model, each quantity with its interval."""
     title = "**10x more fine-tuning data or a 10x larger model?**"
     if method is None:
         return [f"{title} {NOT_DEFINED}: the law is not identifiable for this source.", ""]
     derived = block.get("derived") or {}
-    equal_d_t = _derived(derived, "data_worth_of_10x_model_equal_d_transferred")
-    grid = [row.get("data_worth_of_10x_model_equal_d_effective") for row in derived.get("grid") or []]
-    finite = [value for value in grid if isinstance(value, (int, float))]
-    equal_d_e = f"{min(finite):.3g}x to {max(finite):.3g}x" if finite else _derived_grid_status(derived)
     return [f"{title} ({METHODS[method]} fit)", "",
-            _bullet(f"10x more D_F multiplies D_T by 10^alpha = {_power(block.get('alpha'))}; a 10x larger model "
-                    f"multiplies it by 10^beta = {_power(block.get('beta'))}."),
-            _bullet(f"A 10x larger model transfers as much as {equal_d_t} more fine-tuning data (equal D_T, "
-                    "10^(beta/alpha))."),
-            _bullet(f"For the same effective data D_E = D_F + D_T, a 10x larger model is worth {equal_d_e} more "
-                    "fine-tuning data over the observed N and D_F."), ""]
+            _bullet("10x more D_F multiplies D_T by 10^alpha: "
+                    f"{_quantity(derived, 'd_transferred_factor_10x_data', 'x')}; a 10x larger model multiplies it "
+                    f"by 10^beta: {_quantity(derived, 'd_transferred_factor_10x_model', 'x')}."),
+            _bullet("Fine-tuning data that a 10x larger model is worth at equal D_T (10^(beta/alpha)): "
+                    f"{_quantity(derived, 'data_worth_of_10x_model_equal_d_transferred', 'x')}."),
+            _bullet("At equal effective data D_E = D_F + D_T, and the effective data of 10x more fine-tuning data "
+                    "against a 10x larger model: per observed N and D_F in the table below."), ""]
 
 
-def _derived(derived: dict[str, Any], name: str) -> str:
-    """A derived multiple, or "not defined" with the fit's ``<name>_status`` when it gives one."""
-    value = derived.get(name)
-    if isinstance(value, (int, float)):
-        return f"{value:.3g}x"
-    return _status_text(derived.get(f"{name}_status"), NOT_DEFINED)
+def _quantity(container: dict[str, Any], name: str, unit: str = "") -> str:
+    """A derived quantity as a reader may see it: its value with its 95% interval where the study resolves it,
+    else "not resolved (why)" or "not defined (why)", never a bare number."""
+    if name not in container:
+        return NOT_AVAILABLE
+    value, verdict = container.get(name), container.get(f"{name}_resolution")
+    if verdict is not None and verdict != "resolved":
+        return f"{NOT_RESOLVED} ({_reason(verdict)})"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return _status_text(container.get(f"{name}_status"), NOT_DEFINED)
+    if verdict is None:
+        return f"{NOT_RESOLVED} ({NO_INTERVAL})"
+    low, high = container.get(f"{name}_ci") or [None, None]
+    return f"{_number(value)}{unit} [{_number(low)}, {_number(high)}]"
 
 
-def _derived_grid_status(derived: dict[str, Any]) -> str:
-    statuses = [row.get("data_worth_of_10x_model_equal_d_effective_status") for row in derived.get("grid") or []]
-    return _status_text(next((status for status in statuses if status), None), NOT_DEFINED)
+def _reason(verdict: Any) -> str:
+    """The why of a ``not_resolved: why`` verdict."""
+    return re.sub(r"^\w+:\s*", "", str(verdict)) if verdict else NO_INTERVAL
+
+
+def _unresolved_parameters(block: dict[str, Any]) -> list[str]:
+    """One line naming the law's parameters whose intervals do not resolve them, and why."""
+    found = [f"{name} ({_reason(block[f'{name}_resolution'])})" for name in ("k", "alpha", "beta")
+             if block.get(f"{name}_resolution") not in (None, "resolved")]
+    return [_plain(f"Not resolved by this study: {'; '.join(found)}."), ""] if found else []
+
+
+GRID_COLUMNS = {
+    "multiplier": ("multiplier 1 + D_T/D_F", "x"),
+    "fraction": ("fraction D_T/D_E", ""),
+    "data_worth_of_10x_model_equal_d_effective": ("fine-tuning data a 10x model is worth (equal D_E)", "x"),
+    "d_effective_ratio_10x_data_to_10x_model": ("D_E of 10x data / D_E of a 10x model", "x"),
+}
+
+
+def _grid_table(block: dict[str, Any]) -> list[str]:
+    """The derived quantities at each observed (N, D_F), each with its interval or why it is not resolved."""
+    rows = (block.get("derived") or {}).get("grid") or []
+    if not rows:
+        return []
+    cells = [[_number(row.get("n_params")), _number(row.get("d_f_chars")),
+              *(_plain(_quantity(row, name, unit)) for name, (_, unit) in GRID_COLUMNS.items())]
+             for row in sorted(rows, key=lambda row: (row.get("n_params") or 0, row.get("d_f_chars") or 0))]
+    header = ["N", _plain("D_F"), *(_plain(title) for title, _ in GRID_COLUMNS.values())]
+    return ["**Derived quantities over the observed N and D_F**", "", *_table(header, cells)]
+
+
+def _source_sentence(fit: dict[str, Any], source: str, blocks: dict[str, Any]) -> str:
+    """The one sentence a reader can act on for a source (``decision_sentence``), or why there is none."""
+    method, block = _primary(blocks)
+    if method is None:
+        return f"{source}: the law is not identifiable, so the study says nothing about 10x more data or a 10x model."
+    decision = (block.get("derived") or {}).get("decision")
+    if not decision:
+        return (f"{source}: this fit states no choice between 10x more fine-tuning data and a 10x larger model "
+                "with an interval (it predates them); fit the runs table again for one.")
+    points = [point for point in fit.get("points") or [] if point.get("source") == source]
+    return decision_sentence(source, decision, block, points)
+
+
+def decision_sentence(source: str, decision: dict[str, Any], block: dict[str, Any], points: list[dict]) -> str:
+    """Which of 10x more fine-tuning data or a 10x larger model the fit supports at the decision's (N, D_F), with
+    the interval of their effective-data ratio; or that the study does not resolve it, why, and what would (more
+    seeds per point, more D_F values or more sizes, from the parameters whose intervals do not resolve them)."""
+    name = "d_effective_ratio_10x_data_to_10x_model"
+    if "n_params" not in decision:
+        return f"{source}: {_status_text(decision.get('reason'), 'no point to state the choice at')}."
+    ratio, verdict = decision.get(name), decision.get(f"{name}_resolution")
+    place = f"at N = {_number(decision.get('n_params'))} and D_F = {_number(decision.get('d_f_chars'))}"
+    interval = decision.get(f"{name}_ci") or [None, None]
+    if verdict == "resolved" and isinstance(ratio, (int, float)):
+        if ratio > 1:
+            return (f"{source}: {place}, 10x more fine-tuning data gives {_number(ratio)}x [{_number(interval[0])}, "
+                    f"{_number(interval[1])}] the effective data of a 10x larger model, so the fit supports more "
+                    "data (effective data counts each model's own from-scratch characters; a larger model's lower "
+                    "from-scratch loss comes on top).")
+        return (f"{source}: {place}, a 10x larger model gives {_number(1 / ratio)}x [{_number(1 / interval[1])}, "
+                f"{_number(1 / interval[0])}] the effective data of 10x more fine-tuning data, so the fit supports "
+                "the larger model.")
+    return (f"{source}: the study does not resolve whether 10x more fine-tuning data or a 10x larger model gives "
+            f"more effective data {place} (their ratio: {_reason(verdict) if verdict else NO_INTERVAL}); "
+            f"{_what_would_resolve(block, points)}.")
+
+
+def _what_would_resolve(block: dict[str, Any], points: list[dict]) -> str:
+    """The runs that would narrow the interval: more seeds, and more D_F values or sizes where alpha's or beta's
+    interval does not resolve its sign."""
+    fitted = [point for point in points if point.get("status") == "ok"]
+    seeds = max((point.get("n_seeds") or 1 for point in fitted), default=1)
+    more = [f"more seeds per run (now {seeds})"]
+    for parameter, column, what in (("alpha", "d_f_chars", "D_F values"), ("beta", "n_params", "model sizes")):
+        if block.get(f"{parameter}_resolution") not in (None, "resolved"):
+            values = sorted({point[column] for point in fitted if point.get(column)})
+            span = f", over {math.log10(values[-1] / values[0]):.1f} decades" if len(values) > 1 else ""
+            interval = block.get(f"{parameter}_ci") or [None, None]
+            more.append(f"more {what} (now {len(values)}{span}; {parameter}'s interval is "
+                        f"[{_number(interval[0])}, {_number(interval[1])}])")
+    return "what would resolve it: " + ", ".join(more[:-1]) + (" or " if len(more) > 1 else "") + more[-1]
 
 
 def _status_text(status: Any, verdict: str) -> str:
@@ -150,29 +250,38 @@ def _left_out(fit: dict[str, Any], source: str) -> list[str]:
     if not left_out:
         return [f"{title}: none; all {len(points)} fine-tuned points are fitted.", ""]
     rows = [[_number(p.get("n_params")), _number(p.get("d_f_chars")), _number(p.get("test_loss")),
-             _number(p.get("d_transferred")), f"``{p.get('status')}``"]
+             f"``{p.get('status')}``"]
             for p in sorted(left_out, key=lambda p: (p.get("n_params") or 0, p.get("d_f_chars") or 0))]
     statuses = dict.fromkeys(str(point.get("status")) for point in left_out)
     meanings = [_bullet(f"{status}: {STATUS_MEANING.get(status, 'see the fit log')}") for status in statuses]
     return ([f"{title}: {len(left_out)} of {len(points)}.", ""]
-            + _table(["N", _plain("D_F"), "test loss", _plain("D_T"), "status"], rows) + meanings + [""])
+            + _table(["N", _plain("D_F"), "measured test loss", "status"], rows) + meanings + [""])
 
 
 def _held_out(block: dict[str, Any] | None) -> list[str]:
-    """Predict, then verify: the law fitted on the smaller sizes against the largest size's measured losses."""
+    """Predict, then verify: the law fitted on the smaller sizes against the largest size's measured losses, each
+    predicted loss and error with its interval over that law's bootstrap replicates."""
     title = "**Held-out prediction**"
     if not block or block.get("status") != "ok":
         return [f"{title}: {_status_text((block or {}).get('status'), NOT_AVAILABLE)}.", ""]
     fitted = ", ".join(_number(n) for n in block.get("fitted_n_params") or []) or NOT_AVAILABLE
+    largest = (_quantity(block, "max_abs_error_percent", "%") if "max_abs_error_percent_resolution" in block
+               else f"{_number(block.get('max_abs_error_percent'))}% (no interval in this fit)")
     lines = [f"{title}: " + _plain(f"the law fitted on N = {fitted} ({METHODS.get(block.get('method'), '?')}) "
                                    f"predicts the largest size, N = {_number(block.get('n_params'))}; largest error "
-                                   f"{_number(block.get('max_abs_error_percent'))}% "
-                                   f"({_number(block.get('max_abs_error'))} nats) over its low-data points."), ""]
-    rows = [[_number(p.get("d_f_chars")), _number(p.get("measured_loss")), _number(p.get("predicted_loss")),
-             _number(p.get("error_percent")), f"``{p.get('status')}``", "yes" if p.get("extrapolated") else "no"]
+                                   f"{largest} over its low-data points (measured losses are single "
+                                   "measurements; the intervals are the law's)."), ""]
+    rows = [[_number(p.get("d_f_chars")), _number(p.get("measured_loss")),
+             _plain(_quantity(p, "predicted_loss")),
+             _number(p.get("error_percent")) + _interval_text(p.get("error_percent_ci")),
+             f"``{p.get('status')}``", "yes" if p.get("extrapolated") else "no"]
             for p in block.get("points") or []]
     header = [_plain("D_F"), "measured loss", "predicted loss", "error %", "point status", "L_N extrapolated"]
     return lines + (_table(header, rows) if rows else [])
+
+
+def _interval_text(interval: Any) -> str:
+    return f" [{_number(interval[0])}, {_number(interval[1])}]" if interval and len(interval) == 2 else ""
 
 
 def _joint_law_section(law: dict[str, Any] | None) -> list[str]:
@@ -234,10 +343,6 @@ def _estimate(block: dict[str, Any], name: str) -> str:
 
 def _number(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else NOT_DEFINED
-
-
-def _power(exponent: Any) -> str:
-    return f"{10.0 ** exponent:.3g}x" if isinstance(exponent, (int, float)) else NOT_DEFINED
 
 
 def _bullet(text: str) -> str:

@@ -1,12 +1,14 @@
 """The from-scratch loss-vs-data curve of each N, the effective data D_E read off it, and its scratch law.
 
-D_E of a fine-tuned model is read off the same-N from-scratch curve by monotone interpolation, as in the paper.
-``ScratchCurves`` holds the curves of one N as rows, the measured curve (one row) for the point estimate or its
-resamples for the bootstrap, so the point estimate is the resample that draws every run once: one interpolation,
-one inversion, one fit of L_N(D) = L_inf + A / D^a and one D(N), and a point's status follows the same rules
-(``read_off``) whichever it is read off.
+D_E of a fine-tuned model is read off the same-N from-scratch curve (``ESTIMATORS``): by monotone interpolation
+through its points, as in the paper (the default); or by inverting a smooth law through them, the curve's own fitted
+L_N(D) = L_inf + A / D^a (``scratch_law``) or the slice at N of a joint L(N, D) = E + A / N^alpha + B / D^beta fitted
+to every size at once (``joint_law``, ``fit_joint_laws``). ``ScratchCurves`` holds the curves of one N as rows, the
+measured curve (one row) for the point estimate or its resamples for the bootstrap, so the point estimate is the
+resample that draws every run once: one reading of D_E, one fit of L_N and one D(N), and a point's status follows the
+same rules (``read_off``) whichever it is read off.
 
-Only numpy: fitting a runs table must never import torch or deepspeed.
+Only numpy (and the joint law's objective): fitting a runs table must never import torch or deepspeed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from .jointlaw import HUBER_DELTA, JointData, JointLawError, batched_lbfgs, chinchilla_log_loss, fit_chinchilla, huber
+
+ESTIMATORS = ("interpolation", "scratch_law", "joint_law")
+"""How D_E is read off the scratch curve of its N: monotone interpolation through the points (the paper's), or the
+inverse of the fitted L_N of that N, or of the joint law's slice at N."""
 SCRATCH_LAW_STARTS = tuple((exponent, share) for exponent in (0.1, 0.3, 1.0) for share in (0.5, 0.9, 0.99))
 LN_A_BOUND, MIN_EXPONENT, MAX_EXPONENT = 50.0, 1e-3, 3.0
 SCRATCH_LAW_PARAMETERS = 3
@@ -35,7 +42,10 @@ class ScratchCurves:
     """
 
     def __init__(self, n_params: float, d_chars: np.ndarray, test_loss: np.ndarray, tolerance: float,
-                 low_data_fraction: float):
+                 low_data_fraction: float, estimator: str = "interpolation"):
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator {estimator!r} is not one of {list(ESTIMATORS)}")
+        self.estimator = estimator
         order = np.argsort(d_chars)
         self.n_params = float(n_params)
         self.d_chars = np.asarray(d_chars, float)[order]
@@ -52,9 +62,55 @@ class ScratchCurves:
         self.law_d_converged = np.where(self.law["ok"], converged_data(self.law, tolerance), np.inf)
         self.d_converged = np.minimum(self.law_d_converged, self.d_chars[-1])
         self.low_data_limit = low_data_fraction * self.d_converged
+        self.inverted = self.law if estimator == "scratch_law" else None
+
+    def use_law(self, law: dict[str, np.ndarray]) -> None:
+        """Read D_E through ``law`` (arrays ``ok``, ``l_inf``, ``a_coef``, ``exponent``, one per row): the joint law's
+        slice at this N, for the ``joint_law`` estimator."""
+        self.inverted = law
 
     def effective_data(self, test_loss: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(D_E, local slope |dL/dln D|, range status) of losses (rows, points), each read off its row's curve.
+        """(D_E, local slope |dL/dln D|, range status) of losses (rows, points), each read off its row's curve by the
+        curve's estimator (``ESTIMATORS``); a row whose law could not be fitted is interpolated."""
+        if self.inverted is None:
+            return self.interpolated_data(test_loss)
+        inverted = self._inverted_data(test_loss)
+        has_law = np.asarray(self.inverted["ok"], bool)
+        if has_law.all():
+            return inverted
+        interpolated = self.interpolated_data(test_loss)
+        return tuple(np.where(has_law[:, None], by_law, by_points) for by_law, by_points in zip(inverted, interpolated))
+
+    def _inverted_data(self, test_loss: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """D_E = (A / (L - L_inf))^(1/a) through each row's law, within the scratch D: censored below the law's loss
+        at the largest D, below_range above its loss at the smallest; the slope is the law's, a (L - L_inf)."""
+        l_inf, a_coef, exponent = (np.asarray(self.inverted[name], float)[:, None]
+                                   for name in ("l_inf", "a_coef", "exponent"))
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            lowest = l_inf + a_coef * self.d_chars[-1] ** -exponent
+            highest = l_inf + a_coef * self.d_chars[0] ** -exponent
+            censored, below_range = test_loss < lowest, test_loss > highest
+            excess = test_loss - l_inf
+            log_d = (np.log(a_coef) - np.log(excess)) / exponent
+            d_effective = np.select([censored, below_range], [self.d_chars[-1], self.d_chars[0]], np.exp(log_d))
+            slope = exponent * excess
+        range_status = np.where(censored, "censored", np.where(below_range, "below_range", "ok"))
+        return d_effective, np.where(range_status == "ok", slope, np.nan), range_status
+
+    def estimated_loss_at(self, d_chars: Any) -> np.ndarray:
+        """The loss (rows, points) that the estimator reads D_E off, at ``d_chars``: the envelope, or the inverted
+        law; NaN outside the scratch data."""
+        envelope = self.loss_at(d_chars)
+        if self.inverted is None:
+            return envelope
+        d_chars = np.atleast_1d(np.asarray(d_chars, float))[None, :]
+        law = {name: np.asarray(self.inverted[name], float)[:, None] for name in ("l_inf", "a_coef", "exponent")}
+        inside = (self.d_chars[0] <= d_chars) & (d_chars <= self.d_chars[-1])
+        by_law = np.where(inside, scratch_law_loss(law, d_chars), np.nan)
+        return np.where(np.asarray(self.inverted["ok"], bool)[:, None], by_law, envelope)
+
+    def interpolated_data(self, test_loss: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(D_E, local slope |dL/dln D|, range status) of losses (rows, points), each interpolated on its row's curve.
 
         The status is ok, censored (below the best loss: D_E is the largest scratch D, a lower bound) or
         below_range (above the loss at the smallest D: D_E is that D, an upper bound). The slope is the secant of
@@ -111,9 +167,13 @@ class ScratchCurves:
             source = f"largest scratch D (the fit's D(N) = {law_d_converged:.3g} is beyond the data)"
         else:
             source = "L_N fit"
+        inverted = None
+        if self.inverted is not None and self.inverted["ok"][0]:
+            inverted = {name: float(np.asarray(self.inverted[name])[0]) for name in ("l_inf", "a_coef", "exponent")}
         return {"n_params": self.n_params, "d_chars": self.d_chars.tolist(), "test_loss": self.test_loss[0].tolist(),
                 "law": law, "d_converged": float(self.d_converged[0]), "d_converged_source": source,
-                "low_data_limit": float(self.low_data_limit[0])}
+                "low_data_limit": float(self.low_data_limit[0]), "estimator": self.estimator,
+                "estimator_law": inverted}
 
     def _measured_law(self) -> dict[str, Any]:
         """L_N of the measured curve: ``{"ok", "message", "l_inf", "a_coef", "exponent", "rms_log_residual"}``, or
@@ -283,3 +343,54 @@ def _levenberg_marquardt(theta: np.ndarray, lower: np.ndarray, upper: np.ndarray
         done = (moved <= 1e-12 * (1.0 + np.abs(theta[active]).max(axis=1))) | (damping[active] > 1e12)
         active = active[~done]
     return theta, cost
+
+
+def fit_joint_laws(curves: dict[float, ScratchCurves], start: np.ndarray | None = None) -> np.ndarray:
+    """The joint law L(N, D) = E + A / N^alpha + B / D^beta (Chinchilla's form and objective) fitted to every size's
+    curve at once, row by row (rows: the measured curves, or their resamples), and each curve told to read D_E
+    through its slice at N (``ScratchCurves.use_law``). Returns the parameters (rows, 5) as (a, b, e, alpha, beta).
+
+    Without ``start`` (the measured curves: one row) the full start grid of ``fit_chinchilla`` is searched and a
+    degenerate fit (a term at its bound) is refused with ``JointLawError``, since its slices are no estimate; the
+    resamples are then started from that fit, one batched L-BFGS for all of them.
+    """
+    sizes = sorted(curves)
+    log_n = np.concatenate([np.full(curves[n].d_chars.size, np.log(n)) for n in sizes])
+    log_d = np.concatenate([np.log(curves[n].d_chars) for n in sizes])
+    log_loss = np.log(np.concatenate([curves[n].test_loss for n in sizes], axis=1))
+    if start is None:
+        if len(log_loss) != 1:
+            raise ValueError("the joint law of resampled curves needs the measured curves' fit as its start")
+        fit = fit_chinchilla(np.exp(log_n), np.exp(log_d), np.exp(log_loss[0]), kaplan=False)
+        if fit["degenerate"]:
+            raise JointLawError(fit["reason"])
+        theta = np.array([[fit[name] for name in ("a", "b", "e", "alpha", "beta")]])
+    else:
+        theta, _ = batched_lbfgs(_joint_objective(log_n, log_d, log_loss), np.tile(start, (len(log_loss), 1)))
+    for n_params in sizes:
+        curves[n_params].use_law(joint_slice(theta, n_params))
+    return theta
+
+
+def joint_slice(theta: np.ndarray, n_params: float) -> dict[str, np.ndarray]:
+    """The joint law's slice at N as a scratch law per row: L_inf = E + A / N^alpha, A = B, a = beta."""
+    a, b, e, alpha, beta = np.atleast_2d(theta).T
+    finite = np.all(np.isfinite(np.atleast_2d(theta)), axis=1) & (beta > 0)
+    return {"ok": finite, "l_inf": np.exp(e) + np.exp(a - alpha * np.log(n_params)), "a_coef": np.exp(b),
+            "exponent": beta}
+
+
+def _joint_objective(log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray):
+    """Chinchilla's Huber objective on log L with one row of losses per problem (``jointlaw``'s takes one set of
+    losses for every problem), and its gradient in (a, b, e, alpha, beta)."""
+    data = JointData(log_n, log_d, np.zeros(log_n.size))
+
+    def objective(theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        predicted, (share_n, share_d, share_e) = chinchilla_log_loss(theta, data)
+        loss, slope = huber(predicted - log_loss[rows], HUBER_DELTA)
+        by_n, by_d = slope * share_n, slope * share_d
+        grad = np.column_stack([by_n.sum(1), by_d.sum(1), (slope * share_e).sum(1), -(by_n @ log_n),
+                                -(by_d @ log_d)])
+        return loss.sum(1), grad
+
+    return objective

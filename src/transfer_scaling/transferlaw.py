@@ -20,6 +20,7 @@ import numpy as np
 HUBER_TUNING = 1.345
 MIN_HUBER_DELTA = 1e-3
 PARAMETERS = ("k", "alpha", "beta")
+METHODS = ("appendix_c", "huber")
 
 
 def transferred_data(k: float, alpha: float, beta: float, n_params: Any, d_f_chars: Any) -> Any:
@@ -102,9 +103,11 @@ def not_identifiable_reason(n_params: np.ndarray, d_f_chars: np.ndarray) -> str 
 
 
 def fit_transfer_law(n_params: np.ndarray, d_f_chars: np.ndarray, d_transferred: np.ndarray,
-                     bootstrap: Callable[[np.ndarray], PointResamples] | None = None) -> dict[str, dict]:
-    """Both fits of D_T = k D_F^alpha N^beta to the usable points; with ``bootstrap`` (a fitted (ln k, alpha, beta)
-    -> the resampled points of a world where that law holds, ``Bootstrap.source``), percentile intervals.
+                     bootstrap: Callable[[np.ndarray], PointResamples] | None = None,
+                     methods: tuple[str, ...] = METHODS) -> dict[str, dict]:
+    """Both fits (or those of ``methods``) of D_T = k D_F^alpha N^beta to the usable points; with ``bootstrap`` (a
+    fitted (ln k, alpha, beta) -> the resampled points of a world where that law holds, ``Bootstrap.source``),
+    percentile intervals.
 
     The Huber scale delta is set once from the point estimate's residuals and kept for every resample.
     """
@@ -115,16 +118,16 @@ def fit_transfer_law(n_params: np.ndarray, d_f_chars: np.ndarray, d_transferred:
     ln_n, ln_d_f, ln_d_t = np.log(n_params), np.log(d_f_chars), np.log(d_transferred)
     results = {"appendix_c": {"identifiable": False, "reason": appendix_reason},
                "huber": {"identifiable": False, "reason": huber_reason}}
-    if appendix_reason is None:
+    if appendix_reason is None and "appendix_c" in methods:
         results["appendix_c"] = _law_block(_appendix_c, ln_n, ln_d_f, ln_d_t, bootstrap, {})
-    if huber_reason is None:
+    if huber_reason is None and "huber" in methods:
         design = _design(ln_n, ln_d_f)
         residual = ln_d_t - design @ _weighted_lstsq(design, ln_d_t, np.ones((1, ln_n.size)))[0]
         mad = float(np.median(np.abs(residual - np.median(residual))))
         delta = max(HUBER_TUNING * 1.4826 * mad, MIN_HUBER_DELTA)
         results["huber"] = _law_block(partial(_huber, delta=delta), ln_n, ln_d_f, ln_d_t, bootstrap,
                                       {"huber_delta": delta})
-    return results
+    return {method: block for method, block in results.items() if method in methods}
 
 
 def exp_or_inf(value: float) -> float:
