@@ -1,7 +1,7 @@
 """Which estimator of the effective data D_E gives the tightest honest interval on alpha and beta (issue 17, item 3)?
 
 D_E of a fine-tuned point is the data a from-scratch model of the same N needs to reach its loss. The fit reads it
-off the scratch points of that N (``transfer_scaling.scratch.ESTIMATORS``): by monotone interpolation (the paper's
+off the scratch points of that N (``transfer_scaling.fit.scratch.ESTIMATORS``): by monotone interpolation (the paper's
 way, the default), by inverting the fitted L_N(D) = L_inf + A / D^a of that N (``scratch_law``), or by inverting the
 slice at N of one joint law L(N, D) = E + A / N^alpha + B / D^beta fitted to every size (``joint_law``; refused
 where that law is degenerate). This draws synthetic runs tables of the default design (sizes xs, s, m, l; D_F 3e3,
@@ -43,8 +43,9 @@ import numpy as np
 import pandas as pd
 from scipy.interpolate import PchipInterpolator
 
-from transfer_scaling.fitting import FitError, fit_runs
-from transfer_scaling.scratch import ESTIMATORS
+from transfer_scaling.fit.study import fit_runs
+from transfer_scaling.fit.table import FitError
+from transfer_scaling.fit.scratch import ESTIMATORS
 
 SIZES = {"xs": 6592, "s": 25472, "m": 100096, "l": 304192}
 """The default config's sizes (non-embedding parameters)."""

@@ -3,7 +3,7 @@
 A synthetic world close to what the default study measures: from-scratch losses L(N, D) = E + A / N^a + B / D^b,
 fine-tuned losses at D_E = D_F + k D_F^alpha N^beta read through the same law, and Gaussian noise of ``--noise``
 (relative) on every run's loss. For each candidate design (sizes, D_F, scratch D, seeds) this draws ``--replicates``
-tables, fits each with ``transfer_scaling.fitting.fit_runs`` and prints the spread (standard deviation) of the
+tables, fits each with ``transfer_scaling.fit.study.fit_runs`` and prints the spread (standard deviation) of the
 fitted alpha and beta, the median width of their 95% intervals, how often those intervals cover the true values,
 and how many replicates gave a fit at all.
 
@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from transfer_scaling.fitting import fit_runs
+from transfer_scaling.fit.study import fit_runs
 
 E, A, EXP_N, B, EXP_D = 0.8, 20.0, 0.3, 20.0, 0.3
 TRUE = {"k": 24.0, "alpha": 0.15, "beta": 0.5}

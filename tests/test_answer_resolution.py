@@ -13,9 +13,11 @@ import pytest
 from test_fitting import synthetic_runs
 from test_report import html_of
 
-from transfer_scaling import cli, derived
-from transfer_scaling.fitting import advise, fit_file, load_draws
-from transfer_scaling.report import answer_rst
+from transfer_scaling import cli
+from transfer_scaling.fit import derived
+from transfer_scaling.fit.study import fit_file, load_draws
+from transfer_scaling.report.advice import advise
+from transfer_scaling.report.answer import answer_rst
 
 SIZES = (6592, 25472, 100096, 304192)
 """The default config's four sizes (non-embedding parameters)."""

@@ -1,65 +1,30 @@
 """The package's architecture, as tests: stages as subpackages, each importing only stages below it, no import
 circles, and the walls the workflow relies on (the fit and the report never load torch or DeepSpeed, the data stage
-never loads torch, nothing loads Snakemake). docs/architecture.md describes the same layout."""
+never loads torch, nothing loads Snakemake). scripts/architecture.py reads the structure from the code and writes
+docs/architecture.md's module table from it."""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
 
-PACKAGE = ROOT / "src" / "transfer_scaling"
-STAGES = ["core", "data", "train", "evaluate", "fit", "report", "cli"]
-"""From the bottom up: a module may import its own stage and the stages before it, never one after."""
-SUBPACKAGES = {"data", "train", "evaluate", "fit", "report"}
+sys.path.insert(0, str(ROOT / "scripts"))
+import architecture  # noqa: E402  (scripts/architecture.py)
+
+MODULES = architecture.modules()
+GRAPH = architecture.package_graph()
+STAGES = architecture.STAGES
+stage_of = architecture.stage_of
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def stage_of(module: str) -> str:
-    parts = module.split(".")
-    if len(parts) > 1 and parts[1] in SUBPACKAGES:
-        return parts[1]
-    return "cli" if module == "transfer_scaling.cli" else "core"
-
-
-def imports_of(path: Path) -> set[str]:
-    """Every module a file imports, at the top or inside a function (a lazy import is still a dependency),
-    relative imports resolved; ``from package import module`` counts as the module."""
-    module = module_name(path)
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return found
-
-
-MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
-GRAPH = {module: {name for name in imports_of(path) if name in MODULES and name != module}
-         for module, path in MODULES.items()}
-
-
-def test_every_module_sits_in_a_known_stage() -> None:
-    top_level = sorted(m for m in MODULES if m.count(".") == 1 and stage_of(m) == "core" and m.split(".")[1]
-                       not in SUBPACKAGES)
+def test_every_module_sits_in_a_stage_and_the_core_is_not_empty() -> None:
     assert {stage_of(m) for m in MODULES} <= set(STAGES)
-    assert top_level, "the shared core is empty"
+    assert {stage_of(m) for m in MODULES} == set(STAGES)
 
 
 def test_no_stage_imports_a_later_one() -> None:
@@ -93,23 +58,22 @@ def test_no_import_circles() -> None:
 
 def third_party(stage: str) -> set[str]:
     return {name.split(".")[0] for module, path in MODULES.items() if stage_of(module) == stage
-            for name in imports_of(path)}
+            for name in architecture.imports_of(path)}
 
 
-@pytest.mark.parametrize("stage,forbidden", [("fit", {"torch", "deepspeed"}), ("report", {"torch", "deepspeed"}),
-                                             ("data", {"torch", "deepspeed"}), ("core", {"torch", "deepspeed"})])
-def test_stage_names_no_heavy_dependency(stage: str, forbidden: set[str]) -> None:
-    assert third_party(stage) & forbidden == set()
+@pytest.mark.parametrize("stage", ["core", "data", "fit", "report"])
+def test_stage_names_neither_torch_nor_deepspeed(stage: str) -> None:
+    assert third_party(stage) & {"torch", "deepspeed"} == set()
 
 
 def test_nothing_imports_snakemake() -> None:
-    assert [m for m, path in MODULES.items() if "snakemake" in {n.split(".")[0] for n in imports_of(path)}] == []
+    assert [m for m, path in MODULES.items() if "snakemake" in {n.split(".")[0] for n in architecture.imports_of(path)}] == []
 
 
-def test_fit_report_and_data_load_without_torch_at_run_time() -> None:
+def test_core_data_fit_and_report_load_without_torch_at_run_time() -> None:
     """What the static check cannot see: a third-party package that loads torch by itself (``datasets`` may)."""
-    modules = [m for m in MODULES if stage_of(m) in ("core", "data", "fit", "report") and not m.endswith("__main__")]
-    code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+    light = [m for m in MODULES if stage_of(m) in ("core", "data", "fit", "report") and not m.endswith("__main__")]
+    code = (f"import importlib, sys\nfor m in {light!r}: importlib.import_module(m)\n"
             "print(sorted({'torch', 'deepspeed', 'snakemake'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
@@ -122,3 +86,8 @@ def test_modules_and_classes_stay_readable() -> None:
                     for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
                     if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 200}
     assert long_modules == {} and long_classes == {}
+
+
+def test_architecture_doc_lists_the_modules_as_they_are() -> None:
+    document = architecture.DOC.read_text(encoding="utf-8")
+    assert architecture.with_table(document) == document, "run: python scripts/architecture.py"

@@ -77,8 +77,8 @@ def test_in_process_fit_and_figures(runs_csv, tmp_path, capsys):
 
 def test_fitting_modules_never_import_torch():
     """In a fresh interpreter (other tests of the session may have imported torch into this one)."""
-    code = ("import sys, transfer_scaling.cli, transfer_scaling.fitting, transfer_scaling.jointlaw, "
-            "transfer_scaling.plots; print(sorted({'torch', 'deepspeed', 'snakemake'} & set(sys.modules)))")
+    code = ("import sys, transfer_scaling.cli, transfer_scaling.fit.study, transfer_scaling.fit.jointlaw, "
+            "transfer_scaling.report.figures; print(sorted({'torch', 'deepspeed', 'snakemake'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from test_fitting import synthetic_runs
-from transfer_scaling.dplaw import (CHRF_RTOL, SCORE_RTOL, DPLawError, alignment_verdict, analyse_dp, fit_dp_loss,
+from transfer_scaling.fit.dplaw import (CHRF_RTOL, SCORE_RTOL, DPLawError, alignment_verdict, analyse_dp, fit_dp_loss,
                                     fit_dp_score, predict_dp_loss, predict_dp_score, write_dp_analysis)
-from transfer_scaling.fitting import fit_file
+from transfer_scaling.fit.study import fit_file
 
 D_P = np.logspace(6, 10, 9)
 LOSS_LAW = {"E": 1.5, "A": 30.0, "alpha": 0.3}
@@ -229,5 +229,5 @@ def test_failed_runs_are_listed_and_left_out_of_the_d_p_analysis(tmp_path) -> No
 
 
 def test_the_module_does_not_import_torch() -> None:
-    code = "import sys, transfer_scaling.dplaw; sys.exit('torch' in sys.modules)"
+    code = "import sys, transfer_scaling.fit.dplaw; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import pytest
 from test_fitting import N_VALUES, TRUE_LAW, synthetic_runs
 
 from transfer_scaling import cli
-from transfer_scaling.fitting import FitError, fit_runs
+from transfer_scaling.fit.study import fit_runs
+from transfer_scaling.fit.table import FitError
 
 CHINCHILLA = Path("/work/shared/data/chinchilla_svg_extracted.csv")
 SCALE = 1e4

@@ -12,8 +12,10 @@ import pytest
 from scipy.interpolate import PchipInterpolator
 from scipy.optimize import brentq, least_squares
 
-from transfer_scaling import bootstrap, derived, fitting, scratch, transferlaw
-from transfer_scaling.fitting import FitError, advise, fit_file, fit_runs
+from transfer_scaling.fit import bootstrap, derived, scratch, study, transferlaw
+from transfer_scaling.fit.study import fit_file, fit_runs
+from transfer_scaling.fit.table import FitError
+from transfer_scaling.report.advice import advise
 
 TRUE_LAW = {"k": 275.0, "alpha": 0.18, "beta": 0.38}
 N_VALUES = (1e5, 3e5, 1e6, 3e6, 1e7)
@@ -156,7 +158,7 @@ def test_scratch_curves_reproduce_the_point_estimate_and_scipy():
         own = runs[(runs["kind"] == "scratch") & (runs["n_params"] == n_params)].sort_values("data_chars")
         curves = scratch.ScratchCurves(n_params, own["data_chars"].to_numpy(), own["test_loss"].to_numpy()[None],
                                        0.01, 0.1)
-        assert curves.low_data_limit[0] == pytest.approx(fit["scratch"][fitting.n_key(n_params)]["low_data_limit"],
+        assert curves.low_data_limit[0] == pytest.approx(fit["scratch"][study.n_key(n_params)]["low_data_limit"],
                                                          rel=1e-4)
         mine = points[points["n_params"] == n_params]
         d_effective, slope, status = curves.effective_data(mine["test_loss"].to_numpy()[None])
@@ -238,7 +240,7 @@ def test_high_data_points_are_excluded():
 
 def test_low_data_limit_from_scratch_fit():
     fit = fit_runs(synthetic_runs(), n_bootstrap=10, joint_law=False)
-    summary = fit["scratch"][fitting.n_key(1e6)]
+    summary = fit["scratch"][study.n_key(1e6)]
     l_inf = 0.8 + 30.0 / 1e6**0.35
     assert summary["law"]["l_inf"] == pytest.approx(l_inf, rel=1e-3)
     assert summary["d_converged"] == pytest.approx((95.0 / (0.01 * l_inf)) ** 2, rel=0.02)
@@ -341,7 +343,7 @@ def test_fit_file_writes_outputs_and_advise(tmp_path):
     assert {"d_effective", "d_transferred", "status"} <= set(points.columns)
     draws = pd.read_csv(tmp_path / "fit" / "bootstrap.csv")
     assert set(draws["method"]) == {"appendix_c", "huber"} and len(draws) == 200
-    answer = advise(fit, "text", 1e7, 1e4, fitting.load_draws(tmp_path / "fit"))
+    answer = advise(fit, "text", 1e7, 1e4, study.load_draws(tmp_path / "fit"))
     assert answer["method"] == "appendix_c"
     assert answer["10x_data"]["d_effective"] > answer["current"]["d_effective"]
     expected = 0.8 + 30.0 / 1e7**0.35 + 95.0 / math.sqrt(answer["current"]["d_effective"])
@@ -401,7 +403,7 @@ def test_scratch_sweep_gets_its_curves_and_joint_law(tmp_path, caplog):
     assert "nothing_to_fit" in caplog.text
     assert fit["sources"] == {} and fit["points"] == []
     assert len(fit["scratch"]) == len(N_VALUES)
-    assert fit["scratch"][fitting.n_key(1e6)]["d_converged_source"] == "L_N fit"
+    assert fit["scratch"][study.n_key(1e6)]["d_converged_source"] == "L_N fit"
     assert fit["joint_law"]["identifiable"] and fit["joint_law"]["E"] == pytest.approx(0.8, rel=0.1)
     assert json.loads((tmp_path / "fit" / "transfer_fit.json").read_text())["sources"] == {}
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from transfer_scaling import jointlaw
-from transfer_scaling.jointlaw import JointLawError, fit_chinchilla
+from transfer_scaling.fit import jointlaw
+from transfer_scaling.fit.jointlaw import JointLawError, fit_chinchilla
 
 CHINCHILLA_CSV = Path("/work/shared/data/chinchilla_svg_extracted.csv")
 SMALL_GRID = jointlaw.chinchilla_grid()[::15]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from test_fitting import status_runs, synthetic_runs
 
-from transfer_scaling.fitting import fit_file
-from transfer_scaling.plots import draw_joint_law, joint_law_plot, make_figures
+from transfer_scaling.fit.study import fit_file
+from transfer_scaling.report.figures import draw_joint_law, joint_law_plot, make_figures
 
 FIGURES = {"loss_vs_data", "transferred_vs_finetune", "fraction_vs_params", "multiplier_heatmap", "ossification",
            "joint_law"}

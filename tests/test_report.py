@@ -10,8 +10,8 @@ from docutils.core import publish_parts
 from jinja2 import Environment
 from test_fitting import status_runs
 
-from transfer_scaling.fitting import fit_file
-from transfer_scaling.report import answer_rst, write_answer
+from transfer_scaling.fit.study import fit_file
+from transfer_scaling.report.answer import answer_rst, write_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("transferred_vs_finetune", "multiplier_heatmap", "loss_vs_data")

@@ -13,10 +13,13 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
-from .fitting import FitError, FitOptions, advise, fit_file, load_draws, load_fit, read_runs, to_jsonable
+from .fit.options import FitOptions
+from .fit.study import fit_file, load_draws, load_fit, to_jsonable
+from .fit.table import FitError, read_runs
 from .io import write_json
-from .jointlaw import fit_scratch_runs, law_summary
-from .scratch import ESTIMATORS
+from .fit.jointlaw import fit_scratch_runs, law_summary
+from .fit.scratch import ESTIMATORS
+from .report.advice import advise
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,7 +53,7 @@ def _law_summary(block: dict) -> dict:
 
 def _joint_law(args: argparse.Namespace) -> None:
     """The joint law alone, for a table the transfer fit refuses (no fine-tuned runs, one D per N)."""
-    from .plots import draw_joint_law
+    from .report.figures import draw_joint_law
 
     law = to_jsonable(fit_scratch_runs(read_runs(args.runs), n_bootstrap=args.bootstrap, seed=args.seed))
     law["runs_csv"] = str(args.runs)
@@ -67,7 +70,7 @@ def _advise(args: argparse.Namespace) -> None:
 
 
 def _figures(args: argparse.Namespace) -> None:
-    from .plots import make_figures
+    from .report.figures import make_figures
 
     for path in make_figures(args.runs, args.fit, args.out):
         print(path)

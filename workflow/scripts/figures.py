@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from transfer_scaling.logs import log_to_file
-from transfer_scaling.plots import make_figures
+from transfer_scaling.report.figures import make_figures
 
 log_to_file(snakemake.log[0])
 make_figures(Path(snakemake.input.runs), Path(snakemake.input.fit), Path(snakemake.output[0]),

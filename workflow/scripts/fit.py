@@ -6,7 +6,8 @@ the rule's ``params`` name them only so that changing one reruns the fit.
 
 from pathlib import Path
 
-from transfer_scaling.fitting import config_options, fit_file
+from transfer_scaling.fit.options import config_options
+from transfer_scaling.fit.study import fit_file
 from transfer_scaling.logs import log_to_file
 
 log_to_file(snakemake.log[0])

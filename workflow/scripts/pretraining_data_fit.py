@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from transfer_scaling.dplaw import write_dp_analysis
+from transfer_scaling.fit.dplaw import write_dp_analysis
 from transfer_scaling.logs import log_to_file
-from transfer_scaling.plots import make_dp_figures
+from transfer_scaling.report.figures import make_dp_figures
 
 log_to_file(snakemake.log[0])
 write_dp_analysis(Path(snakemake.input.runs), Path(snakemake.input.transfer_fit), snakemake.params.n_fit,

@@ -21,7 +21,7 @@ from .scratch import SCRATCH_LAW_PARAMETERS, ScratchCurves, fit_joint_laws, read
 from .transferlaw import PARAMETERS, PointResamples, exp_or_inf, transferred_data
 
 if TYPE_CHECKING:
-    from .fitting import FitOptions
+    from .options import FitOptions
 
 
 def seed_deviations(run_cell: np.ndarray, run_loss: np.ndarray) -> np.ndarray:

@@ -21,12 +21,14 @@ import seaborn as sns  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-from . import fitting  # noqa: E402
-from .io import atomic_path, read_table  # noqa: E402
-from .layout import FitLayout  # noqa: E402
-from .dplaw import predict_dp_loss, predict_dp_score  # noqa: E402
-from .jointlaw import predict_chinchilla, predict_kaplan  # noqa: E402
-from .transferlaw import transferred_data  # noqa: E402
+from ..fit.dplaw import predict_dp_loss, predict_dp_score  # noqa: E402
+from ..fit.jointlaw import predict_chinchilla, predict_kaplan  # noqa: E402
+from ..fit.study import load_fit  # noqa: E402
+from ..fit.table import FitError, read_runs, validate_runs  # noqa: E402
+from ..fit.transferlaw import transferred_data  # noqa: E402
+from ..io import atomic_path, read_table  # noqa: E402
+from ..layout import FitLayout  # noqa: E402
+from .advice import primary_fit  # noqa: E402
 
 FORMATS = ("png", "svg")
 LABELS = {
@@ -53,9 +55,9 @@ def make_figures(runs_csv: str | os.PathLike, fit_path: str | os.PathLike, out_d
     fit_json = Path(fit_path)
     if fit_json.is_dir():
         fit_json = FitLayout(fit_json).fit
-    fit = fitting.load_fit(fit_json)
+    fit = load_fit(fit_json)
     draws = read_draws(Path(draws_csv) if draws_csv is not None else FitLayout(fit_json.parent).bootstrap)
-    runs = fitting.validate_runs(fitting.read_runs(runs_csv))
+    runs = validate_runs(read_runs(runs_csv))
     points = pd.DataFrame(fit["points"])
     sns.set_theme(style="whitegrid", context="paper")
     drawers: dict[str, Callable[[], plt.Figure]] = {
@@ -74,7 +76,7 @@ def read_draws(path: Path) -> pd.DataFrame:
     """The bootstrap draws the interval bands come from. A missing file is an error: without it the figures
     would come out without their bands and nothing would say why."""
     if not path.exists():
-        raise fitting.FitError(f"bootstrap draws not found: {path} (the fit writes them beside transfer_fit.json)")
+        raise FitError(f"bootstrap draws not found: {path} (the fit writes them beside transfer_fit.json)")
     return read_table(path)
 
 
@@ -156,8 +158,8 @@ def _scratch_by_size(fit: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _primary(fit: dict[str, Any], source: str) -> tuple[str, dict[str, Any]] | tuple[None, str]:
     try:
-        return fitting.primary_fit(fit, source)
-    except fitting.FitError as error:
+        return primary_fit(fit, source)
+    except FitError as error:
         return None, str(error)
 
 
@@ -328,7 +330,7 @@ def make_dp_figures(runs_csv: str | os.PathLike, dp_fit_json: str | os.PathLike,
                     out_dir: str | os.PathLike) -> list[Path]:
     """Figures of the pretraining-data axis: loss and score against D_p with their laws, and D_T against D_p."""
     table = read_table(runs_csv)
-    analysis = fitting.load_fit(dp_fit_json)
+    analysis = load_fit(dp_fit_json)
     sns.set_theme(style="whitegrid", context="paper")
     return _render_all({"dp_loss_and_score": lambda: dp_laws_plot(table, analysis),
                         "dp_transferred": lambda: dp_transferred_plot(analysis)}, Path(out_dir))

@@ -31,8 +31,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .fitting import load_fit, n_key, to_jsonable
-from .io import read_table, write_json
+from ..io import read_table, write_json
+from .study import load_fit, n_key, to_jsonable
 from .jointlaw import HUBER_DELTA, grid_then_polish, huber, lse_with_shares
 from .scratch import ScratchCurves, classify_point
 

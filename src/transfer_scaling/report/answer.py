@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .io import atomic_open, read_json
+from ..io import atomic_open, read_json
 
 METHODS = {"appendix_c": "Appendix C", "huber": "Huber"}
 STATUS_MEANING = {
@@ -110,7 +110,7 @@ def _used(blocks: dict[str, Any]) -> str:
 
 
 def _primary(blocks: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """The method the advice uses: Appendix C when identifiable, else Huber (as ``fitting.primary_fit``)."""
+    """The method the advice uses: Appendix C when identifiable, else Huber (as ``advice.primary_fit``)."""
     for method in METHODS:
         if (blocks.get(method) or {}).get("identifiable"):
             return method, blocks[method]
