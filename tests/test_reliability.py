@@ -178,7 +178,7 @@ def test_gpus_granted_but_not_usable_are_refused_before_training(data, tmp_path,
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     with pytest.raises(DeviceError, match=r"CUDA_VISIBLE_DEVICES='0,1' asks for GPU\(s\), but torch .* sees no usable"):
         train(make_spec(data), tmp_path / "run")
-    assert not list((tmp_path / "run").iterdir())
+    assert not (tmp_path / "run").exists(), "refused before the run directory is made"
 
 
 def test_bf16_on_an_accelerator_without_it_is_refused(data, tmp_path, monkeypatch) -> None:
@@ -322,7 +322,7 @@ def test_pipeline_job_asking_for_a_missing_gpu_fails_with_the_cause(smoke_study:
     result = rerun_scratch(study, run, env={"CUDA_VISIBLE_DEVICES": "0"})
     assert result.returncode != 0
     log = log_of(study, run).strip()
-    assert log.splitlines()[-1].startswith("transfer_scaling.training.DeviceError: CUDA_VISIBLE_DEVICES='0' asks "
+    assert log.splitlines()[-1].startswith("transfer_scaling.train.engine.DeviceError: CUDA_VISIBLE_DEVICES='0' asks "
                                            "for GPU(s), but torch"), log[-2000:]
     assert log.count('File "') <= 6, f"a deep traceback:\n{log}"
     assert not list((study / "results" / "runs" / run).glob("*.safetensors"))

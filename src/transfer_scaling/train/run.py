@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from ..io import read_json
+from .engine import check_cuda_request
 from .loop import RunLoop, TrainingInterrupted
 from .spec import parse_spec, trainer_spec_of
 from .trainer import Trainer
@@ -28,6 +29,7 @@ INTERRUPTED_EXIT_CODE = 75
 def train(spec: dict, out_dir: Path) -> dict:
     """Train one run described by ``spec`` into ``out_dir``; resume there if a complete checkpoint exists."""
     run = parse_spec(spec)
+    check_cuda_request()  # before any data is read: GPUs granted but unusable are a job's first error
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(run, out_dir)
