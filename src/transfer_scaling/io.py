@@ -101,7 +101,8 @@ def read_table(path: str | os.PathLike, **read_csv: Any) -> Any:
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: no such table file")
-    head = path.read_bytes()[:65536]
+    with open(path, "rb") as handle:  # the first 64 KiB tell a text table from a binary file
+        head = handle.read(65536)
     if not head.strip():
         raise TableError(f"{path}: empty file; a table needs at least a header line")
     if b"\0" in head:
