@@ -6,6 +6,7 @@ figures and report. This file only validates the config and includes the rule fi
 """
 
 import os
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -13,6 +14,7 @@ from snakemake.utils import min_version
 
 from transfer_scaling.config import ConfigError, load_schema, validate_config
 from transfer_scaling.data.sources import check_config_paths
+from transfer_scaling.studies import check_study, write_study_record
 
 min_version("9.0")
 
@@ -21,8 +23,16 @@ configfile: "config.yaml"
 try:
     validate_config(config, load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"))
     check_config_paths(config)
+    # The main process checks the study's folder; the jobs it starts (SLURM steps, --cores subprocesses) trust it.
+    study_notes = check_study(config) if workflow.is_main_process else []
 except ConfigError as error:
     raise WorkflowError(f"invalid configuration: {error}") from None
+for note in study_notes:
+    print(note, file=sys.stderr)
+
+
+onstart:
+    write_study_record(config)  # what this folder's outputs are made from, for the next run's check
 
 # No job may reach the Hugging Face hub: corpora come from pinned package files or local data.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -35,7 +45,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 
 
-# Wildcards take only values named in the config, so no path can reach outside results/.
+# Wildcards take only values named in the config, so no path can reach outside the study's folder.
 wildcard_constraints:
     corpus=_alternatives(CORPORA),
     source=_alternatives(SOURCES),

@@ -8,10 +8,10 @@ initialisation, so the printed standard deviation is what one point of the D cur
 
 Needs the target corpus built (documents, tokenizer, validation and test tokens), e.g.
 
-    bash scripts/run.sh results/corpora/python/tokens/test.bin
+    bash scripts/run.sh results/default/corpora/python/tokens/test.bin
 
 then, on a quiet machine (each draw is a from-scratch run of up to ~2,500 steps, about half an hour on one
-thread; --results names another results directory):
+thread; --results names another study's folder, results/<study>/):
 
     .venv/bin/python benchmarks/draw_variance.py --draws 4
     .venv/bin/python benchmarks/draw_variance.py --draws 2 --steps-cap 30    # end-to-end check, minutes
@@ -91,7 +91,8 @@ def draw_loss(config: dict, args: argparse.Namespace, size: str, seed: int, work
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=Path("results"), help="results directory of the study")
+    parser.add_argument("--results", type=Path, default=Path("results/default"),
+                        help="the study's folder, results/<study>/ (default: the default study's)")
     parser.add_argument("--config", type=Path, default=REPO / "config.yaml")
     parser.add_argument("--draws", type=int, default=4, help="K draws (seeds 0..K-1); at least 2")
     parser.add_argument("--d-chars", type=int, default=100_000, help="D, characters of each subset")

@@ -20,7 +20,7 @@ Two worlds for the scratch curves, so that no estimator is judged only where its
 ``--runs`` also fits real runs tables with each estimator (estimates and interval widths only: the truth is
 unknown). The JSON (``--out``) holds every table's estimates and intervals and the summary rows.
 
-    .venv/bin/python benchmarks/estimator_choice.py --out results/benchmarks/estimator_choice.json
+    .venv/bin/python benchmarks/estimator_choice.py --out results/default/benchmarks/estimator_choice.json
     .venv/bin/python benchmarks/estimator_choice.py --tables 20 --estimators interpolation scratch_law  # ~1 min
 
 The full default (100 tables x 2 worlds x 2 noise levels x 3 estimators, 200 resamples each) took 24 minutes

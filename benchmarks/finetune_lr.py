@@ -6,7 +6,8 @@ on), the test loss (nats per character) and the steps, so the choice in config.y
 
 Needs the study's pretraining of ``--source``/``--size`` and the target corpus built, e.g.
 
-    bash scripts/run.sh results/runs/pretrain/text_code/m/summary.json results/corpora/python/tokens/test.bin
+    bash scripts/run.sh results/default/runs/pretrain/text_code/m/summary.json \\
+        results/default/corpora/python/tokens/test.bin
     .venv/bin/python benchmarks/finetune_lr.py --source text_code --size m --d-f 10000 100000 \\
         --lr 0.002 0.001 0.0005
 """
@@ -23,7 +24,8 @@ from transfer_scaling.logs import log_to_file
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=Path("results"), help="results directory of the study")
+    parser.add_argument("--results", type=Path, default=Path("results/default"),
+                        help="the study's folder, results/<study>/ (default: the default study's)")
     parser.add_argument("--config", type=Path, default=REPO / "config.yaml")
     parser.add_argument("--source", default="text_code")
     parser.add_argument("--size", default="m")

@@ -17,6 +17,7 @@ from conftest import new_study, run_workflow
 
 
 SMOKE = ("--configfile", "presets/smoke.yaml")
+RESULTS = "results/smoke"
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def _job_counts(dry_run_output: str) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_smoke_study_produces_tables_fit_and_figures(smoke_study):
-    results = smoke_study / "results"
+    results = smoke_study / RESULTS
     runs = pd.read_csv(results / "runs.csv")
     assert set(runs["kind"]) == {"pretrain", "finetune", "scratch"}
     assert len(runs) == 2 * 2 + 2 * 2 * 2 + 2 * 3  # pretrain sources x sizes, finetune x D_F, scratch x D
@@ -98,7 +99,7 @@ def test_report_holds_figures_and_fit(smoke_study):
 @pytest.mark.slow
 def test_second_study_reuses_cached_corpora_and_pretraining(smoke_study, output_cache, tmp_path):
     other = new_study(tmp_path / "other-study")
-    pretrained = "results/runs/pretrain/text/s/best.safetensors"
+    pretrained = f"{RESULTS}/runs/pretrain/text/s/best.safetensors"
     # The target goes before --cache, which would otherwise take it for a rule name.
     run_workflow(other, *SMOKE, "--cores", "2", pretrained, "--cache",
                  env={"SNAKEMAKE_OUTPUT_CACHE": str(output_cache)})
@@ -107,9 +108,27 @@ def test_second_study_reuses_cached_corpora_and_pretraining(smoke_study, output_
     assert output.read_bytes() == (smoke_study / pretrained).read_bytes()
     # Snakemake creates a cached job's log file but nothing writes to it.
     for log in ("pretrain/text/s.log", "corpus_documents/text.log", "tokenize/text.log"):
-        path = other / "results/logs" / log
+        path = other / RESULTS / "logs" / log
         assert not path.exists() or path.stat().st_size == 0, f"{log}: the job ran instead of coming from cache"
-    assert not (other / "results/runs.csv").exists()
+    assert not (other / RESULTS / "runs.csv").exists()
+
+
+@pytest.mark.slow
+def test_other_studies_in_the_same_checkout_neither_read_nor_touch_the_smoke_study(smoke_study):
+    """The default study and the paper preset plan in their own folders beside a complete smoke study: no check
+    reads the smoke study's files (its python corpus is smaller than the paper's D_F), and none of them changes."""
+    def contents():
+        return {path: path.read_bytes() for path in sorted((smoke_study / RESULTS).rglob("*")) if path.is_file()}
+
+    before = contents()
+    default = run_workflow(smoke_study, "--dry-run")
+    paper = run_workflow(smoke_study, "--configfile", "presets/paper.yaml", "--dry-run")
+    assert _job_counts(default.stdout)["pretrain"] == 2 * 4 and "results/default/runs.csv" in default.stdout
+    assert _job_counts(paper.stdout)["pretrain"] == 2 * 4 and "results/paper/runs.csv" in paper.stdout
+    for plan in (default.stdout, paper.stdout):
+        assert f"{RESULTS}/" not in plan
+    assert len(before) > 100 and contents() == before
+    assert not (smoke_study / "results/default").exists() and not (smoke_study / "results/paper").exists()
 
 
 def test_paper_preset_dry_runs_cleanly(tmp_path):

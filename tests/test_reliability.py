@@ -33,6 +33,8 @@ from transfer_scaling.train.engine import DeviceError, import_deepspeed
 from transfer_scaling.train.run import train
 
 SMOKE = ("--configfile", "presets/smoke.yaml")
+RESULTS = "results/smoke"
+"""The smoke study's folder (presets/smoke.yaml: study: smoke), relative to a study directory."""
 LOSS_COLUMNS = ["run", "test_loss", "test_loss_per_token", "best_val_loss", "steps", "best_step", "tokens_seen"]
 KILLER = Path(__file__).with_name("sigkill_after_checkpoint.py")
 
@@ -139,7 +141,7 @@ def test_smoke_pretraining_killed_at_every_checkpoint_resumes_bit_identical(smok
     interval later, with metrics, weights and a snapshot's branch written past it). The last process finishes;
     every output equals the uninterrupted run's."""
     run = "pretrain/text_code/m"
-    reference_dir = smoke_study / "results" / "runs" / run
+    reference_dir = smoke_study / RESULTS / "runs" / run
     positions = CHECKPOINT_WRITTEN.findall(log_of(smoke_study, run))
     steps_trained = [int(tag[-8:]) for tag, _ in positions]
     assert any(trained != int(step) for trained, (_, step) in zip(steps_trained, positions)), \
@@ -222,7 +224,7 @@ def smoke_study(tmp_path_factory) -> Path:
     compared with."""
     study = new_study(tmp_path_factory.mktemp("reference") / "study")
     started = time.monotonic()
-    run_workflow(study, "results/runs.csv", *SMOKE, timeout=1800)
+    run_workflow(study, f"{RESULTS}/runs.csv", *SMOKE, timeout=1800)
     print(f"reference smoke pipeline: {time.monotonic() - started:.0f} s")
     return study
 
@@ -231,7 +233,7 @@ def copy_study(reference: Path, target: Path, *runs: str) -> Path:
     """A copy of the finished study (timestamps and Snakemake metadata kept) without the given runs."""
     shutil.copytree(reference, target, symlinks=True)
     for run in runs:
-        shutil.rmtree(target / "results" / "runs" / run)
+        shutil.rmtree(target / RESULTS / "runs" / run)
     return target
 
 
@@ -249,18 +251,18 @@ def kill_study(process: subprocess.Popen, study: Path) -> None:
 
 
 def log_of(study: Path, run: str) -> str:
-    return (study / "results" / "logs" / f"{run}.log").read_text(encoding="utf-8")
+    return (study / RESULTS / "logs" / f"{run}.log").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
 def test_pipeline_killed_mid_pretraining_resumes_bit_identical(smoke_study: Path, tmp_path: Path) -> None:
     run = "pretrain/text_code/m"
     study = copy_study(smoke_study, tmp_path / "study", run)
-    (study / "results" / "runs.csv").unlink()  # with the table present, Snakemake would not redo a deleted run
-    run_dir = study / "results" / "runs" / run
+    (study / RESULTS / "runs.csv").unlink()  # with the table present, Snakemake would not redo a deleted run
+    run_dir = study / RESULTS / "runs" / run
     # The checkpoint that ends the cooldown of the largest stable snapshot: the log interval is open there.
-    kill_after = read_json(smoke_study / "results" / "runs" / run / "spec.json")["trainer"]["snapshot_steps"][-2]
-    command = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "-d", str(study), "results/runs.csv", *SMOKE]
+    kill_after = read_json(smoke_study / RESULTS / "runs" / run / "spec.json")["trainer"]["snapshot_steps"][-2]
+    command = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "-d", str(study), f"{RESULTS}/runs.csv", *SMOKE]
     process = subprocess.Popen(command, cwd=study, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     try:
@@ -270,10 +272,10 @@ def test_pipeline_killed_mid_pretraining_resumes_bit_identical(smoke_study: Path
     assert not (run_dir / "summary.json").exists(), "the job finished before the kill"
 
     run_workflow(study, "--unlock", *SMOKE)
-    run_workflow(study, "results/runs.csv", "--rerun-incomplete", *SMOKE, timeout=1800)
+    run_workflow(study, f"{RESULTS}/runs.csv", "--rerun-incomplete", *SMOKE, timeout=1800)
     assert "resumed from checkpoint" in log_of(study, run)
-    assert_same_run(run_dir, smoke_study / "results" / "runs" / run)
-    table, reference = (pd.read_csv(s / "results" / "runs.csv")[LOSS_COLUMNS] for s in (study, smoke_study))
+    assert_same_run(run_dir, smoke_study / RESULTS / "runs" / run)
+    table, reference = (pd.read_csv(s / RESULTS / "runs.csv")[LOSS_COLUMNS] for s in (study, smoke_study))
     pd.testing.assert_frame_equal(table, reference)
 
 
@@ -287,32 +289,32 @@ def test_pipeline_records_diverged_runs_as_failed_and_the_fit_lists_them(smoke_s
     (study / "diverge.yaml").write_text("finetune: {options: {weight_decay: 1.0e+30}}\n"
                                         "scratch: {options: {weight_decay: 1.0e+30}}\n")
     # Missing runs are only redone when named: with the mtime trigger alone, the existing runs.csv stands.
-    evaluations = [f"results/runs/{run}/eval.json" for run in diverged]
-    run_workflow(study, "results/figures", *evaluations, "--rerun-triggers", "mtime", *SMOKE, "diverge.yaml",
+    evaluations = [f"{RESULTS}/runs/{run}/eval.json" for run in diverged]
+    run_workflow(study, f"{RESULTS}/figures", *evaluations, "--rerun-triggers", "mtime", *SMOKE, "diverge.yaml",
                  timeout=1800)
     for run in diverged:
         assert re.search(r"run diverged; recorded as failed .*: loss became nan at step \d+ \(lr [-+.e\d]+\); "
                          r"last finite loss \d", log_of(study, run)), log_of(study, run)[-2000:]
-        summary = read_json(study / "results" / "runs" / run / "summary.json")
+        summary = read_json(study / RESULTS / "runs" / run / "summary.json")
         assert (summary["status"], summary["stop_reason"]) == ("failed", "diverged")
-        assert not (study / "results" / "runs" / run / "checkpoint").exists()
-    table = pd.read_csv(study / "results" / "runs.csv").set_index("run")
-    reference = pd.read_csv(smoke_study / "results" / "runs.csv").set_index("run")
+        assert not (study / RESULTS / "runs" / run / "checkpoint").exists()
+    table = pd.read_csv(study / RESULTS / "runs.csv").set_index("run")
+    reference = pd.read_csv(smoke_study / RESULTS / "runs.csv").set_index("run")
     assert sorted(table.index[table["status"] == "failed"]) == diverged
     assert (table.loc[diverged, "stop_reason"] == "diverged").all()
     kept = reference.index.difference(diverged)
     pd.testing.assert_frame_equal(table.loc[kept, LOSS_COLUMNS[1:]], reference.loc[kept, LOSS_COLUMNS[1:]])
-    fit = read_json(study / "results" / "fit" / "transfer_fit.json")
+    fit = read_json(study / RESULTS / "fit" / "transfer_fit.json")
     assert sorted(run["run"] for run in fit["failed_runs"]) == diverged
     assert [p["status"] for p in fit["points"]
             if (p["source"], p["n_params"], p["d_f_chars"]) == ("text", table.at[diverged[0], "n_params"],
                                                                   table.at[diverged[0], "data_chars"])] == ["failed"]
-    fit_log = (study / "results" / "logs" / "fit.log").read_text(encoding="utf-8")
+    fit_log = (study / RESULTS / "logs" / "fit.log").read_text(encoding="utf-8")
     assert all(f"failed run left out of the fit: {run.split('/')[0]} {run} " in fit_log for run in diverged), fit_log
 
 
 def rerun_scratch(study: Path, run: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return run_workflow(study, f"results/runs/{run}/summary.json", *SMOKE, env=env, check=False)
+    return run_workflow(study, f"{RESULTS}/runs/{run}/summary.json", *SMOKE, env=env, check=False)
 
 
 @pytest.mark.slow
@@ -325,14 +327,14 @@ def test_pipeline_job_asking_for_a_missing_gpu_fails_with_the_cause(smoke_study:
     assert log.splitlines()[-1].startswith("transfer_scaling.train.engine.DeviceError: CUDA_VISIBLE_DEVICES='0' asks "
                                            "for GPU(s), but torch"), log[-2000:]
     assert log.count('File "') <= 6, f"a deep traceback:\n{log}"
-    assert not list((study / "results" / "runs" / run).glob("*.safetensors"))
+    assert not list((study / RESULTS / "runs" / run).glob("*.safetensors"))
 
 
 @pytest.mark.slow
 def test_pipeline_job_on_a_full_disk_fails_with_the_cause(smoke_study: Path, tmp_path: Path, small_disk: Path) -> None:
     run = "scratch/m/d30000_seed0"
     study = copy_study(smoke_study, tmp_path / "study", run)
-    (study / "results" / "runs" / run).symlink_to(small_disk, target_is_directory=True)
+    (study / RESULTS / "runs" / run).symlink_to(small_disk, target_is_directory=True)
     result = rerun_scratch(study, run)
     assert result.returncode != 0
     log = log_of(study, run)

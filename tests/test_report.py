@@ -15,6 +15,9 @@ from transfer_scaling.report.answer import answer_rst, write_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("transferred_vs_finetune", "multiplier_heatmap", "loss_vs_data")
+STUDY = "default"
+RESULTS = f"results/{STUDY}"
+"""The study's folder, as config.yaml's study names it."""
 
 
 def figures(directory: Path) -> list[Path]:
@@ -97,19 +100,19 @@ def test_report_opens_on_the_answer(built, tmp_path, monkeypatch):
     """workflow.rst rendered the way ``snakemake --report`` renders it: Jinja2 with the report's files, then
     docutils from the study directory; the answer is included first when it was built."""
     monkeypatch.chdir(tmp_path)
-    answer = Path("results/fit/answer.rst")
+    answer = Path(RESULTS, "fit/answer.rst")
     answer.parent.mkdir(parents=True)
-    pngs = figures(Path("results/figures"))
+    pngs = figures(Path(RESULTS, "figures"))
     answer.write_text(answer_rst(hand_made_fit(), pngs, "python"))
     files = [SimpleNamespace(target=path.name, path=path) for path in [*pngs, *([answer] if built else [])]]
     links = "".join(f"\n.. _{res.target}: javascript:app.showResultInfo('{res.path}')" for res in files)
     template = (ROOT / "workflow/report/workflow.rst").read_text() + "\n" + links + "\n"
     rst = Environment(trim_blocks=True, lstrip_blocks=True).from_string(template).render(
-        snakemake=SimpleNamespace(config={"target": "python"}), categories={}, files=files)
+        snakemake=SimpleNamespace(config={"target": "python", "study": STUDY}), categories={}, files=files)
     html = html_of(rst)
     assert "system-message" not in html
-    assert "How the study was run" in html and "showResultInfo('results/figures/loss_vs_data.png')" in html
+    assert "How the study was run" in html and f"showResultInfo('{RESULTS}/figures/loss_vs_data.png')" in html
     if built:
         assert html.index("The answer: what pretraining is worth for python") < html.index("How the study was run")
     else:
-        assert "is not in this report" in html and "The answer:" not in html
+        assert "is not in this report" in html and "The answer:" not in html and f"{RESULTS}/fit/answer.rst" in html

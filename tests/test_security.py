@@ -1,5 +1,5 @@
-"""Security: no pickle reaches code execution, no wildcard value reaches outside results/, and no config
-string reaches a shell."""
+"""Security: no pickle reaches code execution, no wildcard value reaches outside results/<study>/, and no
+config string reaches a shell."""
 
 from __future__ import annotations
 
@@ -108,12 +108,14 @@ def test_no_config_string_reaches_a_shell() -> None:
     assert offences == []
 
 
+RESULTS = "results/smoke"
+"""The smoke study's folder (presets/smoke.yaml: study: smoke), in a study directory."""
 TRAVERSALS = [
-    "results/runs/scratch/../../../outside/eval.json",
-    "results/runs/pretrain/../x/eval.json",
-    "results/corpora/../x/tokens/test.bin",
-    "results/subsets/python/seed0/../../x/3000.bin",
-    "results/runs/finetune/text/s/d3000_seed0/../../../../../../etc/eval.json",
+    f"{RESULTS}/runs/scratch/../../../outside/eval.json",
+    f"{RESULTS}/runs/pretrain/../x/eval.json",
+    f"{RESULTS}/corpora/../x/tokens/test.bin",
+    f"{RESULTS}/subsets/python/seed0/../../x/3000.bin",
+    f"{RESULTS}/runs/finetune/text/s/d3000_seed0/../../../../../../etc/eval.json",
     "/tmp/outside/eval.json",
 ]
 
@@ -122,7 +124,7 @@ TRAVERSALS = [
 def test_path_traversal_targets_match_no_rule(tmp_path: Path) -> None:
     study = new_study(tmp_path / "study")
     smoke = ("--configfile", "presets/smoke.yaml")
-    run_workflow(study, "results/runs/scratch/s/d3000_seed0/eval.json", "-n", *smoke)
+    run_workflow(study, f"{RESULTS}/runs/scratch/s/d3000_seed0/eval.json", "-n", *smoke)
     for target in TRAVERSALS:
         result = run_workflow(study, target, "-n", *smoke, check=False)
         output = result.stdout + result.stderr

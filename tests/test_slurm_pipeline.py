@@ -22,8 +22,10 @@ from transfer_scaling.train.run import INTERRUPTED_EXIT_CODE, train
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SMOKE = ("--configfile", "presets/smoke.yaml")
+RESULTS = "results/smoke"
+"""The smoke study's folder (presets/smoke.yaml: study: smoke; long_scratch.yaml keeps it), in a study directory."""
 # The transfer-scaling study: runs table, D_T fit and figures (the D_p axis is left to the local tests).
-STUDY_TARGETS = ("results/runs.csv", "results/fit/transfer_fit.json", "results/figures")
+STUDY_TARGETS = (f"{RESULTS}/runs.csv", f"{RESULTS}/fit/transfer_fit.json", f"{RESULTS}/figures")
 WALL_TIME_COLUMNS = {"wall_seconds"}
 PIPELINE_TIMEOUT_S = 1800
 
@@ -36,10 +38,10 @@ scratch:
 """
 # --configfile takes every argument up to the next option: targets go first.
 LONG_SCRATCH_CONFIG = ("--configfile", "presets/smoke.yaml", "long_scratch.yaml")
-SIGNALLED_RUN = "results/runs/scratch/s/d30000_seed0"
-GPU_RUN = "results/runs/scratch/s/d3000_seed0"
-RUN_INPUTS = ("results/subsets/python/seed0/3000.bin", "results/subsets/python/seed0/30000.bin",
-              "results/corpora/python/tokens/validation.bin", "results/tokenizer/tokenizer.json")
+SIGNALLED_RUN = f"{RESULTS}/runs/scratch/s/d30000_seed0"
+GPU_RUN = f"{RESULTS}/runs/scratch/s/d3000_seed0"
+RUN_INPUTS = (f"{RESULTS}/subsets/python/seed0/3000.bin", f"{RESULTS}/subsets/python/seed0/30000.bin",
+              f"{RESULTS}/corpora/python/tokens/validation.bin", f"{RESULTS}/tokenizer/tokenizer.json")
 
 
 def sacct_jobs(cluster: SlurmCluster, study: Path, since: datetime) -> list[dict[str, str]]:
@@ -83,12 +85,12 @@ def slurm_smoke(slurm_cluster: SlurmCluster, tmp_path_factory) -> tuple[Path, li
 
 def test_smoke_study_through_slurm_matches_a_local_run(local_smoke: Path, slurm_smoke) -> None:
     study, _ = slurm_smoke
-    local, cluster = (read_table(path / "results/runs.csv") for path in (local_smoke, study))
+    local, cluster = (read_table(path / RESULTS / "runs.csv") for path in (local_smoke, study))
     assert [row["run"] for row in cluster] == [row["run"] for row in local]
     for ours, theirs in zip(cluster, local):
         kept = set(ours) - WALL_TIME_COLUMNS
         assert {k: ours[k] for k in kept} == {k: theirs[k] for k in kept}, ours["run"]
-    local_points, cluster_points = (read_table(path / "results/fit/points.csv") for path in (local_smoke, study))
+    local_points, cluster_points = (read_table(path / RESULTS / "fit/points.csv") for path in (local_smoke, study))
     assert cluster_points == local_points
 
 
@@ -96,7 +98,7 @@ def test_smoke_jobs_completed_and_short_jobs_shared_slurm_jobs(slurm_smoke) -> N
     study, jobs = slurm_smoke
     assert jobs and {job["State"] for job in jobs} == {"COMPLETED"}, jobs
     assert all("gres/gpu" not in job["AllocTRES"] for job in jobs), "a CPU-only study asked for a GPU"
-    runs = len(read_table(study / "results/runs.csv"))
+    runs = len(read_table(study / RESULTS / "runs.csv"))
     evaluated_runs = runs * 2  # each run is a training job and an evaluation
     assert len(jobs) < evaluated_runs, f"{len(jobs)} SLURM jobs for {runs} runs: no grouping"
 
@@ -128,7 +130,7 @@ def test_training_job_asking_for_a_gpu_gets_a_gres_gpu(
     assert workflow.returncode != 0, output[-3000:]
     (job,) = sacct_jobs(slurm_cluster, run_study, since)
     assert "scratch" in job["Comment"] and "gres/gpu=1" in job["AllocTRES"], job
-    log = (run_study / "results/logs/scratch/s/d3000_seed0.log").read_text()
+    log = (run_study / RESULTS / "logs/scratch/s/d3000_seed0.log").read_text()
     assert f"SLURM job {job['JobID']}" in log
     assert "CUDA_VISIBLE_DEVICES='0' asks for GPU(s)" in log or "CUDA_VISIBLE_DEVICES='1' asks for GPU(s)" in log
 
@@ -159,7 +161,7 @@ def test_training_job_signalled_through_slurm_resumes_to_the_same_losses(
     assert [job["State"] for job in jobs] == ["FAILED", "COMPLETED"], f"{jobs}\n{output[-3000:]}"
     failed_log = next((run_study / ".snakemake/slurm_logs").rglob(f"{jobs[0]['JobID']}.log")).read_text()
     assert f"returned non-zero exit status {INTERRUPTED_EXIT_CODE}" in failed_log, failed_log[-3000:]
-    log = (run_study / "results/logs/scratch/s/d30000_seed0.log").read_text()
+    log = (run_study / RESULTS / "logs/scratch/s/d30000_seed0.log").read_text()
     assert "resumed from checkpoint" in log, log[-3000:]
 
     spec = read_json(run_dir / "spec.json")["trainer"]

@@ -4,8 +4,8 @@
 #   (i)   throughput.json   benchmarks/gpu_throughput.py over the four paper sizes, largest first: the trainer as the
 #                           paper preset sets it (compiled) and the compiled plain-torch reference, then the
 #                           uncompiled trainer and the eager reference as the budget allows
-#   (ii)  smoke.json        the GPU smoke study through Snakemake (presets/smoke.yaml + presets/gpu-smoke.yaml),
-#                           with transfer_fit.json, answer.rst and report.html
+#   (ii)  smoke.json        the GPU smoke study through Snakemake (presets/smoke.yaml + presets/gpu-smoke.yaml, in
+#                           results/smoke-gpu/), with transfer_fit.json, answer.rst and report.html
 #   (iii) determinism.json  a small bf16 run uninterrupted twice, and stopped at a checkpoint then resumed,
 #                           deterministic on and off (runs beside (ii): neither is a timing)
 #   then  search.json       the micro-batch search, with whatever time is left
@@ -13,8 +13,8 @@
 # Build .device/ here first (bash benchmarks/device/prepare.sh); the device tool then runs, from the repository
 # root, `bash benchmarks/device/run.sh` with carry [".device"] (timeout_s 600). About 8.5 minutes with the defaults
 # below; THROUGHPUT_S, SMOKE_S, DETERMINISM_S and TOTAL_S (the search gets what is left of it) change them.
-# DEVICE_SMOKE=cpu runs the same plumbing on a CPU in reduced form (tiny sizes, CPU smoke study); PYTHON picks the
-# interpreter (default python3, which on the device holds torch).
+# DEVICE_SMOKE=cpu runs the same plumbing on a CPU in reduced form (tiny sizes, CPU smoke study in results/smoke/);
+# PYTHON picks the interpreter (default python3, which on the device holds torch).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
@@ -107,6 +107,12 @@ if [[ $MODE == cpu ]]; then  # the GPU preset only checked and planned here; the
     say "warning: the GPU smoke preset does not plan (see smoke-gpu-plan.log)"
   presets=(presets/smoke.yaml)
 fi
+# The study's folder, results/<study>, as the last preset naming a study sets it (downloads stay in results/downloads).
+study=results/$("$PY" -c 'import sys, yaml
+study = None
+for name in sys.argv[1:]:
+    study = (yaml.safe_load(open(name)) or {}).get("study", study)
+print(study)' config.yaml "${presets[@]}")
 smoke_start=$SECONDS
 # Every job asks for gpu: 1; the tiny models share the one GPU, so as many run at once as there are cores.
 (cd "$smoke_dir" && timeout -k 15 "$SMOKE_S" "$PY" -m snakemake --configfile "${presets[@]}" --cores "$CORES" \
@@ -114,26 +120,27 @@ smoke_start=$SECONDS
   >"$LOGS/smoke.log" 2>&1
 rc=$?
 smoke_s=$((SECONDS - smoke_start))
-cp -r "$smoke_dir/results/logs" "$LOGS/smoke-job-logs" 2>/dev/null
-for file in results/fit/transfer_fit.json results/fit/answer.rst report.html; do
+cp -r "$smoke_dir/$study/logs" "$LOGS/smoke-job-logs" 2>/dev/null
+for file in "$study/fit/transfer_fit.json" "$study/fit/answer.rst" report.html; do
   [[ -f $smoke_dir/$file ]] && cp "$smoke_dir/$file" "$OUT/"
 done
-"$PY" - "$smoke_dir" "$rc" "$smoke_s" "${presets[*]}" >"$OUT/smoke.json" <<'EOF'
+"$PY" - "$smoke_dir" "$rc" "$smoke_s" "${presets[*]}" "$study" >"$OUT/smoke.json" <<'EOF'
 import json, re, sys
 from pathlib import Path
 root, rc, seconds, presets = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split()
+results = root / sys.argv[5]  # the study's folder, results/<study>
 log = (Path(sys.argv[1]).parents[0] / "logs" / "smoke.log")
 text = log.read_text(errors="replace") if log.exists() else ""
 done = re.findall(r"(\d+) of (\d+) steps \((\d+)%\) done", text)
-summaries = [json.loads(p.read_text()) for p in root.glob("results/runs/**/summary.json")]
-fit = root / "results/fit/transfer_fit.json"
+summaries = [json.loads(p.read_text()) for p in results.glob("runs/**/summary.json")]
+fit = results / "fit/transfer_fit.json"
 print(json.dumps({
     "status": "ok" if rc == 0 else ("timeout" if rc == 124 else "failed"), "exit_code": rc, "seconds": seconds,
     "presets": presets, "steps_done": done[-1][:2] if done else None,
     "runs": len(summaries), "largest_peak_gpu_memory_gib": max(
         (s["peak_gpu_memory_gib"] for s in summaries if s.get("peak_gpu_memory_gib") is not None), default=None),
-    "runs_table_lines": len((root / "results/runs.csv").read_text().splitlines())
-    if (root / "results/runs.csv").exists() else None,
+    "runs_table_lines": len((results / "runs.csv").read_text().splitlines())
+    if (results / "runs.csv").exists() else None,
     "fit": "transfer_fit.json" if fit.exists() else None,
     "errors": [line for line in text.splitlines() if "Error" in line][-10:],
 }, indent=1, default=str))

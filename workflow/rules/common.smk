@@ -14,8 +14,10 @@ from transfer_scaling.plan import model_shapes, run_options, snapshot_tokens
 from transfer_scaling.io import read_json
 from transfer_scaling.layout import FitLayout, RunLayout
 from transfer_scaling.runs import run_names
+from transfer_scaling.studies import SHARED_DATASETS_CACHE, SHARED_DOWNLOADS, study_dir
 
-RESULTS = "results"
+RESULTS = str(study_dir(config))
+"""This study's folder, results/<study>/: every output path below lies in it."""
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 RUNS = f"{RESULTS}/runs"

@@ -14,8 +14,8 @@ rule corpus_documents:
     params:
         spec=corpus_params,
         splits=config["splits"],
-        download_dir=f"{RESULTS}/downloads",
-        cache_dir=f"{RESULTS}/.datasets-cache",
+        download_dir=str(SHARED_DOWNLOADS),
+        cache_dir=str(SHARED_DATASETS_CACHE),
     log:
         f"{LOGS}/corpus_documents/{{corpus}}.log",
     resources:
