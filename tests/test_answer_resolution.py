@@ -83,6 +83,25 @@ def test_resolution_rules(values, kind, verdict):
         assert result["x_ci"] == pytest.approx(10 ** np.percentile(values[np.isfinite(values)], [2.5, 97.5]))
 
 
+@pytest.mark.parametrize(("estimate", "kind", "verdict"), [
+    (0.15, "signed", "resolved"),
+    (0.25, "signed", "not_resolved: the estimate 0.25 lies outside its 95% interval [0.0538, 0.196]"),
+    (np.log10(18.54), "ratio", "not_resolved: the estimate 18.54 lies outside its 95% interval [3.806, 18.48]"),
+])
+def test_an_estimate_outside_its_own_interval_is_not_resolved(estimate, kind, verdict):
+    """As text's law on the default study: its near-zero D_T points turn no_transfer in many replicates, which then
+    fit a smaller alpha, so the replicates' percentile interval lies below the estimate and cannot vouch for it; the
+    estimate is shown with the digits that tell it from the interval's end."""
+    if kind == "signed":
+        values = np.linspace(0.05, 0.2, 200)
+    else:
+        low, high = np.log10(3.808), np.log10(18.48)
+        values = np.r_[np.full(5, low - 0.01), np.linspace(low, high, 190), np.full(5, high + 1e-4)]
+    result = derived.resolution("x", values, 200, kind, estimate=estimate)
+    assert result["x_resolution"].startswith(verdict), result
+    assert derived.resolution("x", values, 200, kind)["x_resolution"] == "resolved"
+
+
 def test_no_replicates_resolve_nothing():
     assert derived.resolution("x", np.empty(0), 0, "signed")["x_resolution"].startswith(
         "not_resolved: no bootstrap replicates")

@@ -6,8 +6,9 @@ A derived quantity that a fitted law does not define (alpha <= 0: no trade-off a
 ``<name>_status`` saying why, and never stops the fit. Each quantity is also computed on every bootstrap replicate
 of the law (``LawDraws``): ``<name>_ci`` is its 95% percentile interval and ``<name>_resolution`` is "resolved" or
 "not_resolved: why" (``resolution``): undefined in more than 2.5% of the replicates, an interval that spans a sign
-change (0 for a signed quantity, 1x for a ratio), or one wider than two orders of magnitude. A reader is shown the
-number of a resolved quantity only, with its interval.
+change (0 for a signed quantity, 1x for a ratio), one wider than two orders of magnitude, or an estimate outside its
+own interval (the replicates do not centre on it: points near no transfer that change status between replicates
+do this). A reader is shown the number of a resolved quantity only, with its interval.
 
 Only numpy, scipy and pandas: fitting a runs table must never import torch or deepspeed.
 """
@@ -137,11 +138,11 @@ class LawDraws:
         """``name`` (the estimate's value), ``<name>_ci``, ``<name>_undefined_share`` and ``<name>_resolution`` of
         a quantity ``function(ln_k, alpha, beta)`` (element-wise; log10 of the value for a ratio or an amount, NaN
         where undefined); ``causes(ln_k, alpha, beta)`` names the replicates where it is undefined, and why."""
-        point = float(np.asarray(function(*self.estimate)))
-        point = point if kind == "signed" else _power_of_ten(point)
+        scaled = float(np.asarray(function(*self.estimate)))  # log10 for a ratio or an amount, as the values
+        point = scaled if kind == "signed" else _power_of_ten(scaled)
         values = np.asarray(function(*self.draws.T), float) if len(self.draws) else np.empty(0)
         named = causes(*self.draws.T) if causes and len(self.draws) else {}
-        return {name: point, **resolution(name, values, self.n_resamples, kind, named)}
+        return {name: point, **resolution(name, values, self.n_resamples, kind, named, estimate=scaled)}
 
 
 def _power_of_ten(log10_value: float) -> float:
@@ -151,14 +152,15 @@ def _power_of_ten(log10_value: float) -> float:
 
 
 def resolution(name: str, values: np.ndarray, n_resamples: int, kind: str,
-               causes: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+               causes: dict[str, np.ndarray] | None = None, estimate: float | None = None) -> dict[str, Any]:
     """The interval and verdict of one quantity from its values on the G identifiable replicates (log10 for a
     ratio or an amount, NaN where undefined) of ``n_resamples``.
 
     Not resolved, with the reason, where it has no replicates; where it is undefined in more than
     ``UNDEFINED_SHARE`` of them (``causes``: description -> mask over the G replicates, e.g. alpha <= 0, with the
     resamples that could not identify the law counted too); where its 95% interval spans a sign change (0 for a
-    signed quantity, 1x for a ratio); or where the interval is wider than ``MAX_ORDERS`` orders of magnitude.
+    signed quantity, 1x for a ratio); where the interval is wider than ``MAX_ORDERS`` orders of magnitude; or where
+    ``estimate`` (on the scale of ``values``) lies outside the interval, which a percentile interval cannot vouch for.
     """
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {KINDS}")
@@ -188,6 +190,13 @@ def resolution(name: str, values: np.ndarray, n_resamples: int, kind: str,
         if orders > MAX_ORDERS:
             verdict = (f"not_resolved: its 95% interval {shown} spans {orders:.1f} orders of magnitude (over "
                        f"{MAX_ORDERS:g})")
+        elif estimate is not None and np.isfinite(estimate) and not low <= estimate <= high:
+            # As many digits as it takes to tell the estimate from the end it lies beyond.
+            digits = next((d for d in range(3, 8) if _shown(estimate, kind, d) not in (_shown(low, kind, d),
+                                                                                       _shown(high, kind, d))), 8)
+            verdict = (f"not_resolved: the estimate {_shown(estimate, kind, digits)} lies outside its 95% interval "
+                       f"[{_shown(low, kind, digits)}, {_shown(high, kind, digits)}], so the bootstrap replicates do "
+                       "not centre on it (points near no transfer that change status between replicates do this)")
     return dict(zip(keys, (interval, share, verdict)))
 
 
@@ -197,11 +206,11 @@ def _orders(low: float, high: float) -> float:
     return math.inf if ends[0] == 0 else math.log10(ends[1] / ends[0])
 
 
-def _shown(value: float, kind: str) -> str:
+def _shown(value: float, kind: str, digits: int = 3) -> str:
     """An end of an interval as a reader sees it; a ratio or amount given in log10 past floating point as 10^x."""
     if kind == "signed":
-        return f"{value:.3g}"
-    return f"{10.0 ** value:.3g}" if value < 300 else f"10^{value:.0f}"
+        return f"{value:.{digits}g}"
+    return f"{10.0 ** value:.{digits}g}" if value < 300 else f"10^{value:.0f}"
 
 
 def _alpha_not_positive(ln_k: Any, alpha: Any, beta: Any) -> dict[str, np.ndarray]:

@@ -7,8 +7,8 @@ beta with their intervals, what 10x more data is worth against a 10x larger mode
 observed grid, which points were left out and why, the held-out prediction, and the figures that show it.
 
 No derived number is shown without its 95% bootstrap interval, and one that the study does not resolve (the fit's
-``<name>_resolution``: undefined in a notable share of the replicates, an interval across 0 or 1x, or wider than two
-orders of magnitude) is written "not resolved" with the reason, never as a number. Every field is read defensively:
+``<name>_resolution``: undefined in a notable share of the replicates, an interval across 0 or 1x, wider than two
+orders of magnitude, or not holding the estimate) is written "not resolved" with the reason, never as a number. Every field is read defensively:
 a fit from an older or partial run (a key missing, a null where a quantity is not defined) still renders, saying
 "not defined", "not available" or "not resolved" in place of the number.
 """
@@ -61,7 +61,8 @@ def answer_rst(fit: dict[str, Any], figures: Sequence[Path], target: str) -> str
     lines += [_plain(f"Effective data transferred D_T = k * D_F^alpha * N^beta, in characters of {target}, with N "
                      "the non-embedding parameters; 95% bootstrap intervals in brackets. A derived quantity that the "
                      "study does not resolve (undefined in more than 2.5% of the bootstrap replicates, an interval "
-                     "across 0 or 1x, or one wider than two orders of magnitude) is written 'not resolved' with the "
+                     "across 0 or 1x, one wider than two orders of magnitude, or one that does not hold the "
+                     "estimate) is written 'not resolved' with the "
                      "reason. Appendix C is the paper's procedure, Huber a robust regression; the advice uses "
                      "Appendix C when it is identifiable. How the study was run follows the answer."), ""]
     if not sources:
