@@ -7,8 +7,8 @@ A derived quantity that a fitted law does not define (alpha <= 0: no trade-off a
 of the law (``LawDraws``): ``<name>_ci`` is its 95% percentile interval and ``<name>_resolution`` is "resolved" or
 "not_resolved: why" (``resolution``): undefined in more than 2.5% of the replicates, an interval that spans a sign
 change (0 for a signed quantity, 1x for a ratio), one wider than two orders of magnitude, or an estimate outside its
-own interval (the replicates do not centre on it: points near no transfer that change status between replicates
-do this). A reader is shown the number of a resolved quantity only, with its interval.
+own interval (the replicates do not centre on it: points near no transfer, which change status between replicates,
+can do this). A reader is shown the number of a resolved quantity only, with its interval.
 
 Only numpy, scipy and pandas: fitting a runs table must never import torch or deepspeed.
 """
@@ -196,7 +196,7 @@ def resolution(name: str, values: np.ndarray, n_resamples: int, kind: str,
                                                                                        _shown(high, kind, d))), 8)
             verdict = (f"not_resolved: the estimate {_shown(estimate, kind, digits)} lies outside its 95% interval "
                        f"[{_shown(low, kind, digits)}, {_shown(high, kind, digits)}], so the bootstrap replicates do "
-                       "not centre on it (points near no transfer that change status between replicates do this)")
+                       "not centre on it (points near no transfer, which change status between replicates, can do this)")
     return dict(zip(keys, (interval, share, verdict)))
 
 
