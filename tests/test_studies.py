@@ -79,6 +79,16 @@ def test_a_folder_made_from_other_data_refuses_the_config_and_says_what_differs(
     assert str(tmp_path / "default") in message and "--config study=NAME" in message
 
 
+def test_a_corpus_or_option_on_one_side_only_is_a_change_in_place(config, tmp_path):
+    """Adding a source corpus, or an option a newer version fills with a default, keeps the study's outputs valid."""
+    older = copy.deepcopy(config)
+    del older["tokenizer"]["kind"]
+    write_study_record(older, tmp_path)
+    changed = copy.deepcopy(config)
+    changed["corpora"]["extra"] = copy.deepcopy(config["corpora"]["python"])
+    assert [key for key, _, _ in check_study_folder(changed, tmp_path)] == ["corpora.extra", "tokenizer.kind"]
+
+
 def test_a_changed_corpus_file_is_named_by_its_full_key(config, tmp_path):
     write_study_record(config, tmp_path)
     changed = copy.deepcopy(config)

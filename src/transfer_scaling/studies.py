@@ -7,7 +7,7 @@ pinned downloads and the Hugging Face datasets cache are shared: their content i
 fingerprint, and writes to them are atomic.
 
 A study folder records the config it was made from (``study.json``, written when a run starts). A config that
-changes what every output is made of (IDENTITY_KEYS) is another study, and is refused before it mixes its outputs
+changes a value every output is made of (IDENTITY_KEYS) is another study, and is refused before it mixes its outputs
 with the folder's. Other changes (sizes, grids, training options) are what incremental re-runs are for: Snakemake
 re-runs the jobs each one touches, and they are listed at parse time so that none happens unnoticed.
 """
@@ -69,7 +69,10 @@ def check_study_folder(config: dict, root: Path = RESULTS_ROOT) -> list[tuple[st
     if not isinstance(recorded, dict) or not isinstance(recorded.get("config"), dict):
         raise ConfigError(f"{record}: not a study record (a JSON object with a 'config'); remove it, or the folder")
     differences = config_differences(recorded["config"], _plain(config))
-    identity = [difference for difference in differences if difference[0].split(".")[0] in IDENTITY_KEYS]
+    # A key on one side only (a corpus added, or an option a newer version fills with its default) is a change in
+    # place; a value that both sides hold and that differs changes what the folder's outputs are made of.
+    identity = [(key, old, new) for key, old, new in differences
+                if key.split(".")[0] in IDENTITY_KEYS and old is not None and new is not None]
     if identity:
         raise ConfigError(
             f"config key 'study': {folder}/ holds the study {config['study']!r} made from other data "

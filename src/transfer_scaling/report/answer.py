@@ -8,8 +8,8 @@ observed grid, which points were left out and why, the held-out prediction, and 
 
 No derived number is shown without its 95% bootstrap interval, and one that the study does not resolve (the fit's
 ``<name>_resolution``: undefined in a notable share of the replicates, an interval across 0 or 1x, wider than two
-orders of magnitude, or not holding the estimate) is written "not resolved" with the reason, never as a number. Every field is read defensively:
-a fit from an older or partial run (a key missing, a null where a quantity is not defined) still renders, saying
+orders of magnitude, or not holding the estimate) is written "not resolved" with the reason, never as a number.
+Every field is read defensively: a fit from an older or partial run (a key missing, a null where a quantity is not defined) still renders, saying
 "not defined", "not available" or "not resolved" in place of the number.
 """
 
